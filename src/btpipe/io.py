@@ -1,0 +1,133 @@
+"""Atomic file writing and small readers shared by every stage.
+
+Every artefact goes to a temporary file in the destination folder and is then
+renamed into place, so a crash or kill leaves the old file or none, never a
+partial one (os.replace is atomic on POSIX within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temporary path beside `path`; rename it to `path` on success.
+
+    The temporary name keeps the file's suffixes (e.g. ``.nii.gz``) so
+    libraries that choose a format from the extension still do.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite_or_none(obj):
+    """JSON has no NaN: write null so every reader (browsers too) can parse it."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(_finite_or_none(obj), indent=2, sort_keys=True,
+                                default=_json_default) + "\n")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def write_parquet(path, frame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_csv(path, frame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def save_nifti(path, img) -> None:
+    """Save a nibabel image atomically."""
+    import nibabel as nib
+
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def save_array_nifti(path, data, affine, header=None, dtype=None) -> None:
+    """Save an array with an affine (and optional template header) atomically."""
+    import nibabel as nib
+
+    data = np.asarray(data if dtype is None else np.asarray(data).astype(dtype))
+    img = nib.Nifti1Image(data, affine, header=header)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    if dtype is not None:
+        img.set_data_dtype(dtype)
+    save_nifti(path, img)
+
+
+def savez_compressed(path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def save_figure(path, fig, **kwargs) -> None:
+    """Save a matplotlib figure atomically (format from the final suffix)."""
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, **kwargs)
+
+
+def torch_save(path, obj) -> None:
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(obj, tmp)

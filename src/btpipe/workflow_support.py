@@ -1,0 +1,98 @@
+"""Glue used by the Snakefile and workflow/scripts (kept out of the rules).
+
+Nothing here holds pipeline logic: fingerprints for caching, logging set-up
+for a step, thread settings, and provenance collection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import logging
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+PROVENANCE_PACKAGES = ("btpipe", "snakemake", "numpy", "nibabel", "pydicom", "dcm2niix",
+                       "antspyx", "deepbet", "torch", "monai", "pyradiomics-bhklab",
+                       "scikit-survival", "scikit-learn", "lifelines", "pandas")
+
+
+def dicom_fingerprint(folder) -> str:
+    """Digest of every file's relative path, size and mtime under a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "missing"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def configure_threads(threads: int, deterministic: bool) -> None:
+    """Thread counts for ITK, BLAS and torch; one thread when deterministic
+    because multithreaded registration sums in a varying order."""
+    n = 1 if deterministic else max(1, int(threads))
+    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    with contextlib.suppress(ImportError):
+        import torch
+
+        torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def step_log(log_path, subject=None):
+    """Send this step's logging to its log file; log the error before it propagates."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield logging.getLogger("btpipe")
+    except Exception as exc:
+        where = f"subject {subject}: " if subject and subject not in str(exc) else ""
+        logging.getLogger("btpipe").error("%s%s\n%s", where, exc, traceback.format_exc())
+        print(f"btpipe error: {where}{exc}", file=sys.stderr)
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit(repo=None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo or os.getcwd(),
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_info(config: dict) -> dict:
+    import datetime
+
+    import btpipe
+    from btpipe.config import config_digest
+
+    return {"btpipe_version": btpipe.__version__, "git_commit": git_commit(),
+            "config_digest": config_digest(config), "packages": package_versions(),
+            "python": sys.version.split()[0],
+            "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

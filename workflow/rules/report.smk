@@ -1,0 +1,31 @@
+# The self-contained evaluation report.
+
+
+def report_inputs(wildcards):
+    subjects = passed_ingest()
+    return {
+        "ingest": ingest_summary_path(),
+        "qc": f"{R}/cohort/qc.parquet",
+        "seg": f"{R}/cohort/seg_metrics.parquet",
+        "features": f"{R}/cohort/features.parquet",
+        "coverage": f"{R}/cohort/slice_coverage.parquet",
+        "survival": f"{R}/survival/metrics.parquet",
+        "montages": [f"{subject_dir(s)}/preproc/qc.png" for s in subjects],
+        "segs": [f"{subject_dir(s)}/seg/seg.nii.gz" for s in subjects],
+    }
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        report(f"{R}/report/report.html", caption="../report/report.rst", category="Report"),
+    params:
+        config=config,
+        results_dir=R,
+    log:
+        f"{R}/logs/report.log",
+    resources:
+        **step_resources("report"),
+    script:
+        "../scripts/report.py"

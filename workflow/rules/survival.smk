@@ -1,0 +1,92 @@
+# Survival lab: one table, one set of folds shared by every model.
+
+SURV = config["survival"]
+SURV_DIR = f"{R}/survival"
+
+
+def clinical_source():
+    if config.get("brats_dir"):
+        return [config["clinical"]] if config.get("clinical") else []
+    return [config["samples"]]
+
+
+rule survival_table:
+    input:
+        clinical=clinical_source(),
+        features=f"{R}/cohort/features.parquet",
+        qc=f"{R}/cohort/qc.parquet",
+    output:
+        table=f"{SURV_DIR}/table.parquet",
+        excluded=f"{SURV_DIR}/excluded.json",
+    params:
+        config=config,
+        subjects=lambda wc: passed_ingest(),
+    log:
+        f"{R}/logs/survival_table.log",
+    localrule: True
+    script:
+        "../scripts/survival_table.py"
+
+
+rule survival_folds:
+    input:
+        table=f"{SURV_DIR}/table.parquet",
+    output:
+        f"{SURV_DIR}/folds.json",
+    params:
+        survival=SURV,
+        seed=config["seed"],
+    log:
+        f"{R}/logs/survival_folds.log",
+    localrule: True
+    script:
+        "../scripts/survival_folds.py"
+
+
+rule survival_model:
+    input:
+        table=f"{SURV_DIR}/table.parquet",
+        folds=f"{SURV_DIR}/folds.json",
+    output:
+        predictions=f"{SURV_DIR}/{{model}}/predictions.parquet",
+        card=f"{SURV_DIR}/{{model}}/card.json",
+        fold_metrics=f"{SURV_DIR}/{{model}}/fold_metrics.parquet",
+        final=f"{SURV_DIR}/{{model}}/final.pkl",
+    params:
+        survival=SURV,
+        seed=config["seed"],
+        out_dir=SURV_DIR,
+    log:
+        f"{R}/logs/survival_model/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/survival_model/{{model}}.tsv"
+    threads: 1
+    resources:
+        **step_resources("survival_model"),
+    script:
+        "../scripts/survival_model.py"
+
+
+rule survival_summary:
+    input:
+        predictions=expand(f"{SURV_DIR}/{{model}}/predictions.parquet", model=SURV["models"]),
+        table=f"{SURV_DIR}/table.parquet",
+    output:
+        metrics=f"{SURV_DIR}/metrics.parquet",
+        comparisons=f"{SURV_DIR}/comparisons.parquet",
+        embeddings=f"{SURV_DIR}/embeddings.parquet",
+    params:
+        survival=SURV,
+        out_dir=SURV_DIR,
+        model_dirs=[f"{SURV_DIR}/{m}" for m in SURV["models"]],
+        seed=config["seed"],
+    log:
+        f"{R}/logs/survival_summary.log",
+    localrule: True
+    script:
+        "../scripts/survival_summary.py"
+
+
+rule survival:
+    input:
+        rules.survival_summary.output,

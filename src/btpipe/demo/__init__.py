@@ -1,0 +1,3 @@
+"""Synthetic demo cohort built from a real anatomical template (see generate.py)."""
+
+from .layout import expected_rows, subject_ids  # noqa: F401

@@ -28,3 +28,10 @@ rule all:
     default_target: True
     input:
         f"{R}/report/report.html",
+
+
+onstart:
+    # A job killed mid-write leaves only a hidden temp file; clear those first.
+    from btpipe.workflow_support import remove_stale_temp_files
+
+    remove_stale_temp_files(R)

@@ -96,3 +96,18 @@ def run_info(config: dict) -> dict:
             "config_digest": config_digest(config), "packages": package_versions(),
             "python": sys.version.split()[0],
             "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def remove_stale_temp_files(results_dir) -> list[Path]:
+    """Delete temporary files a killed job left (atomic writes never rename
+    them into place), so nothing partial stays under results/."""
+    from .io import TMP_PREFIX
+
+    removed = []
+    root = Path(results_dir)
+    if root.is_dir():
+        for path in root.rglob(f"{TMP_PREFIX}*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

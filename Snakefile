@@ -32,6 +32,8 @@ rule all:
 
 onstart:
     # A job killed mid-write leaves only a hidden temp file; clear those first.
+    # Only the controller does this, never a job (it would race other jobs).
     from btpipe.workflow_support import remove_stale_temp_files
 
-    remove_stale_temp_files(R)
+    if workflow.is_main_process:
+        remove_stale_temp_files(R)

@@ -17,6 +17,8 @@ if DEMO_DIR is not None:
             f"{DEMO_DIR}/logs/demo_subject/{{subject}}.log",
         resources:
             **step_resources("demo_subject"),
+        conda:
+            "../../envs/demo.yaml"
         script:
             "../scripts/demo_subject.py"
 
@@ -32,5 +34,7 @@ if DEMO_DIR is not None:
         log:
             f"{DEMO_DIR}/logs/demo_sheet.log",
         localrule: True
+        conda:
+            "../../envs/demo.yaml"
         script:
             "../scripts/demo_sheet.py"

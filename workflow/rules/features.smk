@@ -21,6 +21,8 @@ rule slice_bag:
         "subject_post"
     resources:
         **step_resources("slice_bag"),
+    conda:
+        "../../envs/radiomics.yaml"
     script:
         "../scripts/slice_bag.py"
 
@@ -33,6 +35,8 @@ rule features_cohort:
     log:
         f"{R}/logs/features_cohort.log",
     localrule: True
+    conda:
+        "../../envs/radiomics.yaml"
     script:
         "../scripts/features_cohort.py"
 
@@ -45,6 +49,8 @@ rule slice_coverage:
     log:
         f"{R}/logs/slice_coverage.log",
     localrule: True
+    conda:
+        "../../envs/radiomics.yaml"
     script:
         "../scripts/slice_coverage.py"
 

@@ -41,6 +41,8 @@ rule ingest_subject:
         "subject_prep"
     resources:
         **step_resources("ingest_subject"),
+    conda:
+        "../../envs/ingest.yaml"
     script:
         "../scripts/ingest.py"
 
@@ -55,6 +57,8 @@ checkpoint ingest_summary:
     log:
         f"{R}/logs/ingest_summary.log",
     localrule: True
+    conda:
+        "../../envs/ingest.yaml"
     script:
         "../scripts/ingest_summary.py"
 

@@ -39,6 +39,8 @@ rule preprocess_subject:
     threads: 2
     resources:
         **step_resources("preprocess_subject"),
+    conda:
+        "../../envs/preprocess.yaml"
     script:
         "../scripts/preprocess.py"
 
@@ -61,6 +63,8 @@ rule reference_to_atlas:
         "subject_prep"
     resources:
         **step_resources("reference_to_atlas"),
+    conda:
+        "../../envs/preprocess.yaml"
     script:
         "../scripts/reference_to_atlas.py"
 
@@ -83,6 +87,8 @@ rule qc_cohort:
     log:
         f"{R}/logs/qc_cohort.log",
     localrule: True
+    conda:
+        "../../envs/preprocess.yaml"
     script:
         "../scripts/qc_cohort.py"
 

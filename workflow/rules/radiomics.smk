@@ -28,6 +28,8 @@ rule radiomics_subject:
     threads: 1
     resources:
         **step_resources("radiomics_subject"),
+    conda:
+        "../../envs/radiomics.yaml"
     script:
         "../scripts/radiomics.py"
 

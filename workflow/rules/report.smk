@@ -27,5 +27,7 @@ rule report:
         f"{R}/logs/report.log",
     resources:
         **step_resources("report"),
+    conda:
+        "../../envs/report.yaml"
     script:
         "../scripts/report.py"

@@ -65,6 +65,8 @@ rule seg_folds:
     log:
         f"{R}/logs/seg_folds.log",
     localrule: True
+    conda:
+        "../../envs/segment.yaml"
     script:
         "../scripts/seg_folds.py"
 
@@ -88,6 +90,8 @@ rule seg_train:
     threads: 2
     resources:
         **step_resources("seg_train"),
+    conda:
+        "../../envs/segment.yaml"
     script:
         "../scripts/seg_train.py"
 
@@ -113,6 +117,8 @@ rule segment_subject:
     threads: 2
     resources:
         **step_resources("segment_subject"),
+    conda:
+        "../../envs/segment.yaml"
     script:
         "../scripts/segment.py"
 
@@ -131,6 +137,8 @@ rule seg_score:
         "subject_post"
     resources:
         **step_resources("seg_score"),
+    conda:
+        "../../envs/segment.yaml"
     script:
         "../scripts/seg_score.py"
 
@@ -153,6 +161,8 @@ rule seg_cohort:
     log:
         f"{R}/logs/seg_cohort.log",
     localrule: True
+    conda:
+        "../../envs/segment.yaml"
     script:
         "../scripts/seg_cohort.py"
 

@@ -24,6 +24,8 @@ rule survival_table:
     log:
         f"{R}/logs/survival_table.log",
     localrule: True
+    conda:
+        "../../envs/survival.yaml"
     script:
         "../scripts/survival_table.py"
 
@@ -39,6 +41,8 @@ rule survival_folds:
     log:
         f"{R}/logs/survival_folds.log",
     localrule: True
+    conda:
+        "../../envs/survival.yaml"
     script:
         "../scripts/survival_folds.py"
 
@@ -63,6 +67,8 @@ rule survival_model:
     threads: 1
     resources:
         **step_resources("survival_model"),
+    conda:
+        "../../envs/survival.yaml"
     script:
         "../scripts/survival_model.py"
 
@@ -83,6 +89,8 @@ rule survival_summary:
     log:
         f"{R}/logs/survival_summary.log",
     localrule: True
+    conda:
+        "../../envs/survival.yaml"
     script:
         "../scripts/survival_summary.py"
 

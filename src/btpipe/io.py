@@ -18,6 +18,13 @@ import numpy as np
 TMP_PREFIX = ".tmp-"
 
 
+def _default_mode() -> int:
+    """The mode a plain open() would give (mkstemp makes files owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yield a temporary path beside `path`; rename it to `path` on success.
@@ -32,6 +39,7 @@ def atomic_path(path, suffix=None):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

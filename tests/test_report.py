@@ -1,0 +1,219 @@
+"""Unit tests of the evaluation report (btpipe.report) on synthetic results."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _io
+import re
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from btpipe import io
+from btpipe.report import build_report, methods_text
+from btpipe.report import figures as F
+from btpipe.report.build import benchmark_table, fmt, mean_ci
+from report_fixtures import demo_config, make_results
+
+RUN_INFO = {"btpipe version": "0.1.0", "git commit": "abc1234", "config digest": "deadbeef",
+            "command line": "snakemake --cores 2 report", "started": "2026-01-01T10:00",
+            "finished": "2026-01-01T10:42", "packages": {"numpy": np.__version__}}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    info = make_results(root / "results", n_subjects=6, n_failed=1)
+    out = build_report(root / "results", demo_config(), root / "report" / "report.html",
+                       run_info=RUN_INFO)
+    return info, out, out.read_text(encoding="utf-8")
+
+
+def _img_tags(text):
+    return re.findall(r"<img\b[^>]*>", text)
+
+
+def _decode(uri):
+    head, data = uri.split(",", 1)
+    assert head.startswith("data:image/") and head.endswith(";base64")
+    return Image.open(_io.BytesIO(base64.b64decode(data)))
+
+
+@pytest.mark.slow
+def test_report_lists_subjects_and_failure(built):
+    info, out, text = built
+    assert out.exists() and out.name == "report.html"
+    for subject in info["subjects"] + info["failed"]:
+        assert subject in text
+    for subject in info["failed"]:
+        assert html.escape(info["errors"][subject]) in text
+    # The failed subject's row is marked as failed in the subjects table.
+    assert re.search(r'<tr class="failed"><td[^>]*>' + info["failed"][0], text)
+    # QC-flagged subject is listed as excluded with its reason.
+    flagged = next(iter(info["excluded"]))
+    assert "low_similarity_flair" in text and f"qc-{flagged}" in text
+
+
+@pytest.mark.slow
+def test_report_is_self_contained_and_images_decode(built):
+    _, out, text = built
+    # Nothing is fetched: no external src/href, no <link> or external script.
+    assert not re.search(r'\b(?:src|href)="(?!data:|#)', text)
+    assert "<link" not in text and "<script src" not in text
+    tags = _img_tags(text)
+    uris = [re.search(r'src="([^"]+)"', t).group(1) for t in tags if 'src="' in t]
+    assert len(uris) >= 10
+    for uri in uris:
+        img = _decode(uri)
+        img.load()
+        assert img.width > 10 and img.height > 10
+    # No temporary file is left beside the report (atomic write).
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+
+
+@pytest.mark.slow
+def test_report_has_kaplan_meier_and_sections(built):
+    info, _, text = built
+    km = [t for t in _img_tags(text) if 'alt="Kaplan-Meier: cox"' in t]
+    assert len(km) == 1
+    img = _decode(re.search(r'src="([^"]+)"', km[0]).group(1))
+    arr = np.asarray(img.convert("RGB"), float)
+    assert arr.std() > 5  # a drawn plot, not a blank canvas
+    for section in ("cohort", "gallery", "preproc", "segmentation", "radiomics", "survival",
+                    "methods", "provenance", "demo"):
+        assert f'<section id="{section}">' in text
+    # One gallery card per subject with an image folder, each with two images.
+    assert text.count('class="card') == len(info["subjects"])
+    assert text.count('alt="segmentation overlay ') == len(info["subjects"])
+    # Segmentation summary, training curves, time-dependent AUC, calibration.
+    for title in ("Segmentation scores by region", "Training curves", "Time-dependent AUC",
+                  "Calibration", "Attention against slice position: cox",
+                  "Top ", "Out-of-fold survival metrics", "Anchor-slice bags"):
+        assert title in text
+
+
+@pytest.mark.slow
+def test_report_demo_box_and_provenance(built):
+    info, _, text = built
+    qc = pd.read_parquet(info["root"] / "cohort" / "qc.parquet")
+    seg = pd.read_parquet(info["root"] / "cohort" / "seg_metrics.parquet")
+    wt = seg[(seg.region == "WT") & (seg.metric == "dice")]["value"]
+    assert f"mean {qc['brain_mask_dice_reference'].mean():.3f}" in text
+    assert f"mean {wt.mean():.3f}" in text
+    verdict = "pass" if wt.mean() >= 0.85 else "fail"
+    row = re.search(r"WT Dice vs truth.*?</tr>", text, re.S).group(0)
+    assert verdict in row
+    # run_info and per-rule benchmark times are shown.
+    assert "abc1234" in text and html.escape(RUN_INFO["command line"]) in text
+    bench = benchmark_table(info["root"])
+    assert set(bench["rule"]) == {"ingest", "preprocess", "segment", "radiomics"}
+    assert (bench["jobs"] == len(info["subjects"])).all()
+    assert f"{bench['total (s)'].max():,.0f}" in text or fmt(bench["total (s)"].max()) in text
+
+
+def test_report_on_empty_results_dir(tmp_path):
+    out = build_report(tmp_path / "nothing-here", {"report": {"title": "Empty <run>"}},
+                       tmp_path / "report.html")
+    text = out.read_text(encoding="utf-8")
+    assert "Empty &lt;run&gt;" in text  # title escaped
+    assert text.count("not available") >= 6
+    for section in ("cohort", "gallery", "preproc", "segmentation", "radiomics", "survival",
+                    "methods", "provenance"):
+        assert f'<section id="{section}">' in text
+    assert 'id="demo"' not in text  # demo box only when the demo is enabled
+
+
+def test_report_survives_corrupt_and_partial_inputs(tmp_path):
+    root = tmp_path / "results"
+    io.write_text(root / "survival" / "metrics.parquet", "this is not parquet")
+    io.write_json(root / "subjects" / "s1" / "nifti" / "ingest.json",
+                  {"subject": "s1", "status": "failed", "error": "s1: DICOM folder empty <x>",
+                   "sequences": {}, "series_found": 0, "warnings": []})
+    # A T1ce without segmentation or mask still gives an overlay image.
+    data = np.random.default_rng(0).normal(100, 10, (12, 14, 10)).astype(np.float32)
+    io.save_array_nifti(root / "subjects" / "s2" / "preproc" / "t1ce.nii.gz", data, np.eye(4))
+    out = build_report(root, demo_config(), tmp_path / "r.html")
+    text = out.read_text(encoding="utf-8")
+    assert "s1: DICOM folder empty &lt;x&gt;" in text
+    assert "survival/metrics.parquet" in text and "could not be read" in text
+    assert 'alt="segmentation overlay s2"' in text
+    assert "WT Dice vs truth (out-of-fold)" in text and "not available" in text
+
+
+def test_largest_tumour_slice_and_overlay(tmp_path):
+    seg = np.zeros((20, 22, 16), np.uint8)
+    seg[5:9, 5:9, 3] = 2
+    seg[4:15, 4:15, 11] = 4  # largest area on slice 11
+    assert F.largest_tumour_slice(seg) == 11
+    assert F.largest_tumour_slice(np.zeros((4, 4, 6))) == 3
+    t1ce = np.random.default_rng(1).normal(300, 30, seg.shape).astype(np.float32)
+    mask = np.zeros(seg.shape, np.uint8)
+    mask[2:18, 2:20, :] = 1
+    aff = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS voxel axes
+    for name, arr, dt in (("t1ce", t1ce, np.float32), ("seg", seg, np.uint8), ("mask", mask, np.uint8)):
+        io.save_array_nifti(tmp_path / f"{name}.nii.gz", arr, aff, dtype=dt)
+    uri, z = F.segmentation_overlay(tmp_path / "t1ce.nii.gz", tmp_path / "seg.nii.gz",
+                                    tmp_path / "mask.nii.gz", {1: "NCR", 2: "ED", 4: "ET"})
+    canon = nib.as_closest_canonical(nib.load(tmp_path / "seg.nii.gz"))
+    assert (np.asarray(canon.dataobj)[:, :, z] == 4).sum() == 11 * 11
+    img = np.asarray(_decode(uri).convert("RGB")).astype(int)
+    assert max(img.shape[:2]) >= 120 and img.shape[0] / img.shape[1] == 22 / 20  # upscaled, rotated
+    yellowish = (img[..., 0] > 150) & (img[..., 1] > 110) & (img[..., 2] < 120)
+    blue = (img[..., 0] < 40) & (img[..., 1] > 140) & (img[..., 2] > 200)
+    assert yellowish.sum() > 0 and blue.sum() > 0  # ET fill and brain-mask outline
+
+
+def test_mean_ci_properties():
+    rng = np.random.default_rng(3)
+    few, many = rng.normal(0.65, 0.05, 5), rng.normal(0.65, 0.05, 50)
+    m, lo, hi, n = mean_ci(few)
+    assert n == 5 and lo < m < hi and np.isclose(m - lo, hi - m)
+    _, lo2, hi2, _ = mean_ci(many)
+    assert hi2 - lo2 < hi - lo
+    assert mean_ci([np.nan, 0.7])[3] == 1 and np.isnan(mean_ci([])[0])
+
+
+def test_methods_text_reflects_what_ran(tmp_path):
+    assert "nothing" in methods_text({}, tmp_path).lower() or "no pipeline" in methods_text({}, tmp_path).lower()
+    metrics = pd.DataFrame({"model": ["cox", "deepsurv"], "repeat": 0, "fold": 0,
+                            "metric": "c_harrell", "horizon": np.nan, "value": [0.6, 0.62]})
+    io.write_parquet(tmp_path / "survival" / "metrics.parquet", metrics)
+    text = methods_text(demo_config(), tmp_path)
+    assert "Katzman" in text and "DeepSurv" in text
+    assert "Lee C" not in text  # DeepHit did not run
+    assert "Pölsterl" in text
+    assert "dcm2niix" not in text and "SegResNet" not in text  # those stages did not run
+
+
+def test_fmt():
+    assert fmt(None) == "–" and fmt(float("nan")) == "–"
+    assert fmt(3) == "3" and fmt(0.12345) == "0.123" and fmt(123456.0) == "123,456"
+    assert fmt({"a": 1}) == "a: 1"
+
+
+def test_univariate_cindex_matches_sksurv():
+    from sksurv.metrics import concordance_index_censored
+
+    from btpipe.report.build import univariate_cindex
+
+    rng = np.random.default_rng(7)
+    n = 40
+    time = rng.integers(50, 400, n).astype(float)
+    time[:6] = time[6:12]  # tied times, some censored at an event time
+    event = rng.random(n) < 0.6
+    feats = pd.DataFrame({"subject": [f"s{k}" for k in range(n)],
+                          "a": rng.normal(size=n), "b": rng.integers(0, 4, n).astype(float),
+                          "c": rng.normal(size=n), "const": 1.0})
+    feats.loc[rng.choice(n, 9, replace=False), "c"] = np.nan
+    outcomes = pd.DataFrame({"subject": feats["subject"], "time": time, "event": event})
+    got = univariate_cindex(feats, outcomes, ["a", "b", "c", "const"]).set_index("feature")
+    assert "const" not in got.index  # a constant carries no ranking
+    for col in ("a", "b", "c"):
+        ok = feats[col].notna().to_numpy()
+        expected = concordance_index_censored(event[ok], time[ok], feats[col].to_numpy()[ok])[0]
+        assert got.loc[col, "c_index"] == pytest.approx(expected, abs=1e-12)
+        assert got.loc[col, "n"] == ok.sum()

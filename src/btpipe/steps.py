@@ -85,11 +85,22 @@ def qc_cohort_step(qc_paths, mask_paths, reference_paths, out_path) -> pd.DataFr
     return frame
 
 
-def reference_to_atlas_step(native_path, preproc_dir, out_path):
+def reference_to_atlas_step(native_path, preproc_dir, out_path, labels=None, subject=None):
     """Expert labels / reference mask into atlas space (nearest neighbour).
-    Atlas-space inputs have identity transforms, so this only regrids them."""
+    Atlas-space inputs have identity transforms, so this only regrids them.
+    With `labels` (the convention of expert labels; None for a brain mask),
+    values outside it are rejected before anything is written: InputError
+    naming the subject (default: the folder above preproc_dir) and the file."""
+    from .labels import unexpected_values
     from .preprocess import labels_to_atlas
 
+    if labels is not None and Path(native_path).is_file():
+        bad = unexpected_values(np.rint(np.asanyarray(nib.load(str(native_path)).dataobj)),
+                                labels)
+        if bad:
+            raise InputError(f"expert labels hold values {bad} outside the label convention "
+                             f"{labels!r} (config 'labels')",
+                             subject=subject or Path(preproc_dir).parent.name, path=native_path)
     labels_to_atlas(native_path, preproc_dir, out_path)
 
 

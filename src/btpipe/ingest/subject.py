@@ -8,6 +8,7 @@ never holds half a subject.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -96,16 +97,117 @@ def _series_label(row) -> str:
     text = row.get("series_description") or row.get("protocol_name") or "?"
     what = row.get("sequence") or "-"
     reason = row.get("skip_reason")
-    return f"{row.get('series_number')} '{text}' ({what}{'; ' + reason if reason else ''})"
+    folder = row.get("folder")
+    where = f" in {folder}" if isinstance(folder, str) and folder else ""
+    return f"{row.get('series_number')} '{text}'{where} ({what}{'; ' + reason if reason else ''})"
 
 
-def ingest_dicom(subject, dicom_dir, work: Path, rules) -> pd.DataFrame:
-    """Convert and classify a subject's DICOM folder; returns the classified table."""
+# Header fields read by the folder scan: identity is compared, never written.
+_SCAN_TAGS = ["SeriesInstanceUID", "SeriesNumber", "StudyInstanceUID", *deid.PHI_KEYWORDS]
+
+
+def _patient_key(ds):
+    """Whose file this is, for comparison only: PatientID, else the normalised
+    PatientName, else None (anonymised to nothing: unknown, not compared)."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    if pid:
+        return "id:" + pid
+    name = re.sub(r"[\^=\s]+", " ", str(ds.get("PatientName", "") or "")).strip().upper()
+    return "name:" + name if name else None
+
+
+def _folder_label(rel: Path, tokens) -> str:
+    text = "." if str(rel) in ("", ".") else rel.as_posix()
+    return text if deid.scrub_text(text, tokens) is not None else "(folder name withheld: PHI)"
+
+
+def _identity_groups(series, label) -> dict:
+    """{(patient, study): [series labels]}; unknown (blank) identities join any group."""
+    patients = {p for e in series.values() for p in e["patients"]} - {None}
+    studies = {s for e in series.values() for s in e["studies"]} - {""}
+    groups = {}
+    for entry in sorted(series.values(), key=lambda e: sorted(map(str, e["folders"]))):
+        keys = [(p, st) for p in (entry["patients"] - {None} or patients or {None})
+                for st in (entry["studies"] - {""} or studies or {""})]
+        for key in keys:
+            groups.setdefault(key, []).append(label(entry))
+    return groups
+
+
+def scan_dicom_folder(subject, dicom_dir) -> dict:
+    """Header pass over a subject's DICOM folder, before any conversion.
+
+    Returns {"folders": {series number: [folders, relative to dicom_dir]},
+    "notes": [warnings]}: files that are not DICOM are named in a note (they
+    are ignored, never silently). Raises InputError naming the series
+    (numbers and folders, never the patient) when the folder mixes patients
+    or studies (sessions): their series must not be combined into one subject.
+    """
+    import pydicom
+
+    dicom_dir = Path(dicom_dir)
+    series, not_dicom, tokens = {}, [], set()
+    for root, _dirs, names in os.walk(dicom_dir):
+        for name in sorted(names):
+            path = Path(root) / name
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_SCAN_TAGS)
+                uid = str(ds.SeriesInstanceUID)
+            except Exception:  # noqa: BLE001 - any reader failure: not a usable DICOM file
+                not_dicom.append(path.relative_to(dicom_dir).as_posix())
+                continue
+            tokens |= deid.phi_tokens(ds)
+            entry = series.setdefault(uid, {"number": ds.get("SeriesNumber"), "folders": set(),
+                                            "patients": set(), "studies": set()})
+            entry["folders"].add(path.parent.relative_to(dicom_dir))
+            entry["patients"].add(_patient_key(ds))
+            entry["studies"].add(str(ds.get("StudyInstanceUID", "")))
+    notes = []
+    if not_dicom:
+        shown = ", ".join(not_dicom[:5]) + (f" and {len(not_dicom) - 5} more"
+                                            if len(not_dicom) > 5 else "")
+        notes.append(f"{len(not_dicom)} file(s) that are not readable DICOM images were ignored: {shown}")
+    if not series:
+        raise InputError("no DICOM files found" + (f" ({notes[0]})" if notes else ""),
+                         subject=subject, path=dicom_dir)
+
+    def label(entry):
+        folders = ", ".join(sorted(_folder_label(f, tokens) for f in entry["folders"]))
+        return f"series {entry['number']} ({folders})"
+
+    groups = _identity_groups(series, label)
+    if len(groups) > 1:
+        patients = {p for p, _ in groups}
+        what = (f"{len(patients)} patients (PatientID/PatientName differ)" if len(patients) > 1
+                else f"{len(groups)} studies (sessions) of one patient")
+        listing = "; ".join(f"{'patient' if len(patients) > 1 else 'study'} {i}: "
+                            f"{', '.join(labels)}" for i, labels in enumerate(groups.values(), 1))
+        raise InputError(f"DICOM folder mixes {what}, so it is not ingested (one session of "
+                         f"one patient per subject; point dicom_dir at one study): {listing}",
+                         subject=subject, path=dicom_dir)
+    folders = {}
+    for entry in series.values():
+        number = None if entry["number"] is None else int(entry["number"])
+        folders.setdefault(number, set()).update(_folder_label(f, tokens)
+                                                 for f in entry["folders"])
+    return {"folders": {k: sorted(v) for k, v in folders.items()}, "notes": notes}
+
+
+def ingest_dicom(subject, dicom_dir, work: Path, rules, scan=None) -> pd.DataFrame:
+    """Convert and classify a subject's DICOM folder; returns the classified table.
+
+    `scan` (from `scan_dicom_folder`) adds each series' folder to the table
+    (column `folder`, used in messages, not written) and its notes to errors.
+    """
+    scan = scan or {"folders": {}, "notes": []}
     table = convert_dicom_dir(dicom_dir, work / "series", subject=subject)
     table = classify_series(table, rules)
+    table["folder"] = [", ".join(scan["folders"].get(None if pd.isna(n) else int(n), []))
+                       for n in table["series_number"]]
     if not table["chosen_as"].notna().any():
         seen = "; ".join(_series_label(r) for r in table.to_dict("records"))
-        raise InputError(f"no usable DICOM series (series seen: {seen})",
+        raise InputError(f"no usable DICOM series (series seen: {seen})"
+                         + "".join(f"; {n}" for n in scan["notes"]),
                          subject=subject, path=dicom_dir)
     for row in table[table["chosen_as"].notna()].to_dict("records"):
         seq = row["chosen_as"]
@@ -143,7 +245,7 @@ def _series_summary(row) -> dict:
 
 def _finish_table(table: pd.DataFrame) -> pd.DataFrame:
     """Series table as written to series.parquet: file names relative to nifti/."""
-    table = table.copy()
+    table = table.drop(columns=["folder"], errors="ignore")
     table["file"] = [f"{c}.nii.gz" if isinstance(c, str) else None for c in table["chosen_as"]]
     table["sidecar"] = [f"{c}.json" if isinstance(c, str) else None for c in table["chosen_as"]]
     table["warnings"] = [list(w) if isinstance(w, (list, tuple, np.ndarray)) else []
@@ -186,8 +288,10 @@ def ingest_subject(subject, inputs, out_dir, rules_path, missing_sequence="fail"
         table = pd.DataFrame(nifti_rows, columns=[*SERIES_COLUMNS, "sequence", "match_by",
                                                   "chosen_as", "skip_reason"])
         if inputs.get("dicom_dir") and not all(inputs.get(s) for s in SEQUENCES):
+            scan = scan_dicom_folder(subject, inputs["dicom_dir"])
+            warnings += scan["notes"]
             dicom = ingest_dicom(subject, inputs["dicom_dir"], work,
-                                 _without(rules, [s for s in SEQUENCES if inputs.get(s)]))
+                                 _without(rules, [s for s in SEQUENCES if inputs.get(s)]), scan)
             table = pd.concat([table, dicom], ignore_index=True) if len(table) else dicom
         chosen = {r["chosen_as"]: r for r in table.to_dict("records")
                   if isinstance(r["chosen_as"], str)}
@@ -195,6 +299,8 @@ def ingest_subject(subject, inputs, out_dir, rules_path, missing_sequence="fail"
         if missing:
             seen = "; ".join(_series_label(r) for r in table.to_dict("records")) or "none"
             message = f"no series for sequence(s) {', '.join(missing)} (series seen: {seen})"
+            # Folder notes (files ignored as not DICOM) often explain the gap.
+            message += "".join(f"; {w}" for w in warnings if "not readable DICOM images" in w)
             if missing_sequence == "fail":
                 raise InputError(message, subject=subject,
                                  path=inputs.get("dicom_dir") or inputs.get(missing[0]))

@@ -221,3 +221,21 @@ def seg_cohort_step(metric_paths, log_paths, outputs):
     logs = [pd.read_csv(p).assign(model=Path(p).parent.name) for p in log_paths]
     merged = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame(columns=["model", "step"])
     io.write_csv(outputs["training_log"], merged)
+
+
+def survival_image_model_step(name, table_path, folds_path, survival, seed, out_dir,
+                              results_dir):
+    """Slice-bag or 3D model on the same folds; images read from results_dir."""
+    from .survival.mil import run_bag_model
+    from .survival.models import MODELS
+    from .survival.volumes import default_volume_paths, run_volume_model
+
+    _, y, ids = survival_inputs(table_path, survival)[:3]
+    folds = io.read_json(folds_path)
+    folds = folds["folds"] if isinstance(folds, dict) else folds
+    if MODELS[name].input == "bags":
+        paths = {s: str(Path(results_dir) / "subjects" / s / "slices.npz") for s in ids}
+        run_bag_model(name, paths, y, ids, folds, out_dir, survival, seed)
+    else:
+        run_volume_model(name, default_volume_paths(results_dir, ids), y, ids, folds, out_dir,
+                         survival, seed)

@@ -202,6 +202,7 @@ class ModelSpec:
     survival_function: bool = True
     predicts_days: bool = False
     description: str = ""
+    input: str = "features"  # features (lab.run_model) | bags (mil.run_bag_model) | volumes (volumes.run_volume_model)
 
 
 def _preprocess(top_n, covariates):
@@ -309,6 +310,79 @@ MODELS: dict[str, ModelSpec] = {
                                          "n_bins": 30, "alpha": 0.5, "sigma": 0.1},
                          description="DeepHit single risk, discrete time"),
 }
+
+
+# ---------------------------------------------------------------- slice-bag, 3D and distilled models
+# Bag and volume models take per-subject inputs, not the feature matrix: their build returns the
+# estimator itself (fit on a list of inputs); run them with mil.run_bag_model /
+# volumes.run_volume_model. The distilled MLPs are ordinary feature pipelines (lab.run_model).
+
+
+def _bag_builder(aggregator, head="cox"):
+    def build(o, covariates, seed, top_n):
+        from .mil import BagSurvivalModel
+
+        return BagSurvivalModel(aggregator=aggregator, head=head, **o, random_state=seed)
+    return build
+
+
+def _volume_builder(backbone):
+    def build(o, covariates, seed, top_n):
+        from .volumes import VolumeSurvivalModel
+
+        return VolumeSurvivalModel(backbone=backbone, **o, random_state=seed)
+    return build
+
+
+def _distill_builder(mode):
+    def build(o, covariates, seed, top_n):
+        from .distill import DistilledRegressor
+
+        return _pipeline(_preprocess(top_n, covariates)
+                         + [("model", DistilledRegressor(mode=mode, **o, random_state=seed))])
+    return build
+
+
+BAG_DEFAULTS = {"encoder": "resnet18", "encoder_options": {}, "size": 64, "channels": None,
+                "pretrain_epochs": 2, "pretrain_lr": 1e-3, "pretrain_batch_size": 32, "freeze": "all",
+                "epochs": 40, "lr": 1e-3, "weight_decay": 1e-2, "batch_size": 32, "hidden": [],
+                "dropout": 0.1, "ties": "breslow", "device": "auto", "amp": True, "n_threads": None}
+ATTENTION_DEFAULTS = {"attention_dim": 64}
+DAAL_DEFAULTS = {"attention_dim": 64, "value_dim": 64, "daal_hidden": [32], "daal_scope": "bag"}
+SOFT_DEEPHIT_DEFAULTS = {"hidden": [64], "n_bins": 24, "grid": "quantile", "alpha": 0.5, "sigma": 0.1}
+VOLUME_DEFAULTS = {"size": 48, "crop": "brain", "epochs": 20, "lr": 1e-4, "weight_decay": 1e-4,
+                   "batch_size": 8, "augment": True, "ties": "breslow", "device": "auto", "amp": True,
+                   "n_threads": None}
+DISTILL_DEFAULTS = {"teacher_hidden": [128, 64, 32], "student_hidden": [16], "dropout": 0.1,
+                    "epochs": 100, "batch_size": 4, "lr": 1e-3, "weight_decay": 1e-4,
+                    "val_fraction": 0.2, "soft_weight": 0.5, "events_only": True, "n_threads": 1}
+
+MODELS.update({
+    "bag_mean_cox": ModelSpec(_bag_builder("mean"), dict(BAG_DEFAULTS), input="bags",
+                              description="slice encoder, mean pooling over the bag, Cox head"),
+    "bag_max_cox": ModelSpec(_bag_builder("max"), dict(BAG_DEFAULTS), input="bags",
+                             description="slice encoder, max pooling over the bag, Cox head"),
+    "bag_attention_mil": ModelSpec(_bag_builder("gated"), {**BAG_DEFAULTS, **ATTENTION_DEFAULTS},
+                                   input="bags", description="attention MIL: gated attention (Ilse 2018), Cox head"),
+    "daal_single": ModelSpec(_bag_builder("daal_single"), {**BAG_DEFAULTS, **DAAL_DEFAULTS}, input="bags",
+                             description="attention: DAAL-single, sagittal anchor attention, Cox loss"),
+    "daal_multiple": ModelSpec(_bag_builder("daal_multiple"), {**BAG_DEFAULTS, **DAAL_DEFAULTS},
+                               input="bags",
+                               description="attention: DAAL-multiple, max of the three anchor-plane risks"),
+    "bag_soft_deephit": ModelSpec(_bag_builder("soft", "deephit"), {**BAG_DEFAULTS, **SOFT_DEEPHIT_DEFAULTS},
+                                  input="bags", description="attention: soft attention over slices, DeepHit"),
+    "cnn3d_resnet18": ModelSpec(_volume_builder("resnet18"), dict(VOLUME_DEFAULTS), input="volumes",
+                                description="MONAI 3D ResNet18 on the 4 stacked sequences, Cox head"),
+    "cnn3d_densenet121": ModelSpec(_volume_builder("densenet121"), dict(VOLUME_DEFAULTS), input="volumes",
+                                   description="MONAI 3D DenseNet121 on the 4 stacked sequences, Cox head"),
+    "distill_student": ModelSpec(_distill_builder("distill"), dict(DISTILL_DEFAULTS), survival_function=False,
+                                 predicts_days=True,
+                                 description="student MLP distilled from a deeper teacher MLP, days"),
+    "mlp_student": ModelSpec(_distill_builder("student"), dict(DISTILL_DEFAULTS), survival_function=False,
+                             predicts_days=True, description="the student MLP alone (no teacher), days"),
+    "mlp_teacher": ModelSpec(_distill_builder("teacher"), dict(DISTILL_DEFAULTS), survival_function=False,
+                             predicts_days=True, description="the teacher MLP alone, days"),
+})
 
 
 def model_options(name: str, params: dict | None = None) -> dict:

@@ -24,7 +24,7 @@ TINY_CONFIG = {
     "demo": {"enabled": True, "out_dir": "demo", "subjects": 5, "seed": 0, "voxel_scale": 2.0},
     "atlas": {"path": str(REPO / "resources/atlas/sri24/t1_brain.nii.gz"), "spacing_mm": 3.0},
     "ingest": {"rules": str(REPO / "resources/ingest/sequence_rules.yaml")},
-    "segmentation": {"folds": 2, "init_filters": 4, "roi_size": [32, 32, 32], "batch_size": 2,
+    "segmentation": {"folds": 2, "init_filters": 8, "roi_size": [32, 32, 32], "batch_size": 2,
                      "max_steps": 120, "val_every": 40, "learning_rate": 0.003, "tta": False},
     "radiomics": {"params": str(REPO / "resources/radiomics/params.yaml"),
                   "regions": ["WT", "TC", "ET"]},

@@ -239,3 +239,11 @@ def survival_image_model_step(name, table_path, folds_path, survival, seed, out_
     else:
         run_volume_model(name, default_volume_paths(results_dir, ids), y, ids, folds, out_dir,
                          survival, seed)
+
+
+def survival_summary_step(model_dirs, out_dir, table_path, survival, seed):
+    """metrics, comparisons and the embedding over every model's predictions."""
+    from .survival.lab import summarise
+
+    X, y = survival_inputs(table_path, survival)[:2]
+    summarise(model_dirs, out_dir, {**survival, "seed": seed}, X=X, y=y)

@@ -33,7 +33,7 @@ rule survival_table:
         features=f"{R}/cohort/features.parquet",
         qc=f"{R}/cohort/qc.parquet",
     output:
-        table=f"{SURV_DIR}/table.parquet",
+        table=f"{SURV_DIR}/input.parquet",
         excluded=f"{SURV_DIR}/excluded.json",
     params:
         config=config,
@@ -49,7 +49,7 @@ rule survival_table:
 
 rule survival_folds:
     input:
-        table=f"{SURV_DIR}/table.parquet",
+        table=f"{SURV_DIR}/input.parquet",
     output:
         f"{SURV_DIR}/folds.json",
     params:
@@ -66,7 +66,7 @@ rule survival_folds:
 
 rule survival_model:
     input:
-        table=f"{SURV_DIR}/table.parquet",
+        table=f"{SURV_DIR}/input.parquet",
         folds=f"{SURV_DIR}/folds.json",
     wildcard_constraints:
         model=model_name_pattern(TABLE_MODELS),
@@ -94,7 +94,7 @@ rule survival_model:
 
 rule survival_image_model:
     input:
-        table=f"{SURV_DIR}/table.parquet",
+        table=f"{SURV_DIR}/input.parquet",
         folds=f"{SURV_DIR}/folds.json",
         images=image_model_inputs,
     wildcard_constraints:
@@ -125,7 +125,7 @@ rule survival_image_model:
 rule survival_summary:
     input:
         predictions=expand(f"{SURV_DIR}/{{model}}/predictions.parquet", model=SURV["models"]),
-        table=f"{SURV_DIR}/table.parquet",
+        table=f"{SURV_DIR}/input.parquet",
     output:
         metrics=f"{SURV_DIR}/metrics.parquet",
         comparisons=f"{SURV_DIR}/comparisons.parquet",

@@ -1,6 +1,7 @@
-from btpipe.survival.lab import summarise
+from btpipe.steps import survival_summary_step
 from btpipe.workflow_support import step_log
 
 with step_log(snakemake.log[0]):
-    summarise(list(snakemake.params.model_dirs), snakemake.params.out_dir,
-              {**dict(snakemake.params.survival), "seed": snakemake.params.seed})
+    survival_summary_step(list(snakemake.params.model_dirs), snakemake.params.out_dir,
+                          snakemake.input.table, dict(snakemake.params.survival),
+                          snakemake.params.seed)

@@ -28,6 +28,8 @@ rule all:
     default_target: True
     input:
         f"{R}/report/report.html",
+        f"{R}/report/figures/seg_scores.png",
+        f"{R}/report/figures/kaplan_meier.png",
 
 
 onstart:

@@ -4,6 +4,7 @@ stage, checked against the demo's ground truth; caching and refresh."""
 from __future__ import annotations
 
 import json
+import zipfile
 
 import nibabel as nib
 import numpy as np
@@ -97,17 +98,35 @@ def test_second_run_does_nothing(tiny_run):
     assert planned_jobs(tiny_run["workdir"]) == {}
 
 
+def test_snakemake_report_with_captions(tiny_run, tmp_path):
+    """Snakemake's own report holds the captioned figures."""
+    out = tmp_path / "report.zip"
+    snakemake(tiny_run["workdir"], "--report", str(out))
+    names = zipfile.ZipFile(out).namelist()
+    assert sum(n.endswith("qc.png") for n in names) == 5
+    assert any(n.endswith("kaplan_meier.png") for n in names)
+    assert any(n.endswith("seg_scores.png") for n in names)
+
+
 @pytest.mark.slow
-def test_changed_subject_reruns_only_its_branch(tiny_run, tmp_path):
-    """Rewriting one subject's DICOM reruns its ingest and preprocessing and
-    the cohort steps; no other subject's ingest or preprocessing."""
+def test_changed_and_added_subjects_rerun_only_their_branches(tiny_run, tmp_path):
+    """Rewriting one subject's DICOM and adding a subject to the cohort rerun
+    those subjects' ingest and preprocessing and the cohort steps (folds
+    models, survival, report); no other subject's ingest or preprocessing."""
     work = copy_run(tiny_run["workdir"], tmp_path / "run")
+    write_config(work, {"demo": {"subjects": 6}})
     results = work / "results"
-    before = {p: p.stat().st_mtime_ns for p in results.glob("subjects/*/preproc/t1ce.nii.gz")}
+    per_subject = ["nifti/ingest.json", "preproc/t1ce.nii.gz", "preproc/qc.json"]
+    before = {p: p.stat().st_mtime_ns for rel in per_subject
+              for p in results.glob(f"subjects/*/{rel}")}
     report_before = (results / "report/report.html").stat().st_mtime_ns
     snakemake(work, "--forcerun", "demo/dicom/demo-001")
     for path, mtime in before.items():
         changed = path.stat().st_mtime_ns != mtime
         assert changed == ("demo-001" in str(path)), path
+    assert (results / "subjects/demo-005/preproc/t1ce.nii.gz").exists()
+    ingested = pd.read_parquet(results / "cohort/ingest.parquet")
+    assert set(ingested.subject) == {f"demo-00{i}" for i in range(6)}
     assert (results / "report/report.html").stat().st_mtime_ns > report_before
+    assert "demo-005" in (results / "report/report.html").read_text()
     assert planned_jobs(work) == {}

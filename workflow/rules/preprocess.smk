@@ -15,7 +15,11 @@ PREPROC_OUT = {
 
 
 def preproc_paths(subject="{subject}"):
-    return {k: v.format(sdir=subject_dir(subject)) for k, v in PREPROC_OUT.items()}
+    paths = {k: v.format(sdir=subject_dir(subject)) for k, v in PREPROC_OUT.items()}
+    # The montage goes into `snakemake --report` with its caption.
+    paths["qc_png"] = report(paths["qc_png"], caption="../report/qc_montage.rst",
+                             category="Preprocessing QC", subcategory="{subject}")
+    return paths
 
 
 rule preprocess_subject:

@@ -31,3 +31,25 @@ rule report:
         "../../envs/report.yaml"
     script:
         "../scripts/report.py"
+
+
+rule report_figures:
+    """The main figures as files with captions, for `snakemake --report`."""
+    input:
+        seg=f"{R}/cohort/seg_metrics.parquet",
+        survival=f"{R}/survival/metrics.parquet",
+    output:
+        seg=report(f"{R}/report/figures/seg_scores.png", caption="../report/seg_scores.rst",
+                   category="Segmentation"),
+        km=report(f"{R}/report/figures/kaplan_meier.png", caption="../report/km.rst",
+                  category="Survival"),
+    params:
+        results_dir=R,
+        km_model=config["survival"]["models"][0],
+    log:
+        f"{R}/logs/report_figures.log",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/report_figures.py"

@@ -43,6 +43,7 @@ def train_inputs(wildcards):
         "images": [p for s in train + monitor for p in norm_images(s)],
         "labels": [f"{subject_dir(s)}/preproc/reference/seg.nii.gz" for s in train + monitor],
         "folds": f"{MODELS_DIR}/folds.json",
+        "ingest": ingest_summary_path(),
     }
 
 

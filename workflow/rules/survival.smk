@@ -32,6 +32,7 @@ rule survival_table:
         clinical=clinical_source(),
         features=f"{R}/cohort/features.parquet",
         qc=f"{R}/cohort/qc.parquet",
+        ingest=ingest_summary_path(),
     output:
         table=f"{SURV_DIR}/input.parquet",
         excluded=f"{SURV_DIR}/excluded.json",

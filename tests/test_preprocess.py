@@ -9,7 +9,11 @@ orientation and determinism tests run on a cheap copy of the same scan
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -295,6 +299,19 @@ def _cheap_subject(tcga, dest, variant):
     return dest
 
 
+def preprocess_in_fresh_process(**kwargs) -> dict:
+    """One deterministic preprocessing job in its own interpreter, as Snakemake
+    runs it: ITK fixes its thread count for the life of a process, and earlier
+    tests in this one may already have used it multithreaded."""
+    code = ("import json, sys\n"
+            "from btpipe.preprocess import preprocess_subject\n"
+            "preprocess_subject(**json.loads(sys.argv[1]))\n")
+    env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    args = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
+    subprocess.run([sys.executable, "-c", code, json.dumps(args)], check=True, env=env)
+    return json.loads((Path(kwargs["out_dir"]) / "qc.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def orientation_runs(tmp_path_factory, tcga, atlas_path):
     root = tmp_path_factory.mktemp("orient")
@@ -302,8 +319,10 @@ def orientation_runs(tmp_path_factory, tcga, atlas_path):
     for variant in ("lps", "lps_again", "ras_permuted", "oblique"):
         src = _cheap_subject(tcga, root / variant / "nifti", variant.replace("_again", ""))
         t0 = time.perf_counter()
-        qc = preprocess_subject("cheap", src, root / variant / "preproc", atlas_path,
-                                spacing_mm=2.0, deterministic=True, seed=0)
+        qc = preprocess_in_fresh_process(subject="cheap", nifti_dir=src,
+                                         out_dir=root / variant / "preproc",
+                                         atlas_path=atlas_path, spacing_mm=2.0,
+                                         deterministic=True, seed=0)
         runs[variant] = {"dir": root / variant / "preproc", "qc": qc,
                          "wall": time.perf_counter() - t0}
     return runs
@@ -359,8 +378,9 @@ def test_atlas_space_input(tmp_path, testdata, atlas_path):
 def test_forced_atlas_skull_strip_fallback(orientation_runs, tmp_path, atlas_path):
     """skull_strip='atlas': the atlas brain comes back through the registration."""
     src = orientation_runs["lps"]["dir"].parent / "nifti"
-    qc = preprocess_subject("cheap", src, tmp_path / "pp", atlas_path, spacing_mm=2.0,
-                            skull_strip="atlas", deterministic=True)
+    qc = preprocess_in_fresh_process(subject="cheap", nifti_dir=src, out_dir=tmp_path / "pp",
+                                     atlas_path=atlas_path, spacing_mm=2.0,
+                                     skull_strip="atlas", deterministic=True, seed=0)
     assert "skullstrip_fallback" in qc["flags"]
     fallback = np.asarray(nib.load(str(tmp_path / "pp" / "brain_mask.nii.gz")).dataobj)
     deepbet = np.asarray(nib.load(str(orientation_runs["lps"]["dir"] /

@@ -4,6 +4,7 @@ shipped profile; outputs must equal the local run's (both deterministic)."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import nibabel as nib
@@ -31,7 +32,6 @@ def cluster(tmp_path_factory):
 def slurm_run(cluster, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm_run")
     write_config(workdir)
-    import os
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
@@ -45,11 +45,6 @@ def slurm_run(cluster, tmp_path_factory):
         else:
             os.environ["SLURM_CONF"] = old
     return {"workdir": workdir, "log": proc.stdout + proc.stderr, "cluster": cluster}
-
-
-def _submitted_jobs(log: str) -> int:
-    return len(re.findall(r"SLURM run ID|external jobid|submitted with SLURM jobid|"
-                          r"Job \d+ has been submitted", log))
 
 
 def test_every_cluster_job_ran_under_slurm(slurm_run):

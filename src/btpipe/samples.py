@@ -120,11 +120,30 @@ def parse_survival(value, subject=None):
     return days, event
 
 
-def demo_sheet_pending(config) -> bool:
+def demo_sheet_in_use(config) -> bool:
+    """The samples sheet is the one the demo rules write."""
     demo = config.get("demo", {})
     sheet = config.get("samples")
     return bool(demo.get("enabled")) and sheet is not None and \
-        Path(sheet) == demo_layout.sheet_path(demo["out_dir"]) and not Path(sheet).exists()
+        Path(sheet) == demo_layout.sheet_path(demo["out_dir"])
+
+
+def demo_sheet_pending(config) -> bool:
+    return demo_sheet_in_use(config) and not Path(config["samples"]).exists()
+
+
+def _demo_frame(config) -> pd.DataFrame:
+    """Demo rows: subjects and paths from the layout (so changing demo.subjects
+    takes effect before the sheet is rewritten), clinical columns from the
+    sheet once the demo rules have written it."""
+    rows = pd.DataFrame(demo_layout.expected_rows(config["demo"]["out_dir"],
+                                                  config["demo"]["subjects"]))
+    sheet = Path(config["samples"])
+    if sheet.exists():
+        written = read_table(sheet)
+        clinical = [c for c in written.columns if c not in rows.columns]
+        rows = rows.merge(written[["subject", *clinical]], on="subject", how="left")
+    return rows
 
 
 def load_samples(config) -> pd.DataFrame:
@@ -138,9 +157,8 @@ def load_samples(config) -> pd.DataFrame:
 
         frame = discover_brats(config["brats_dir"], config.get("clinical"))
         base = Path(".")
-    elif demo_sheet_pending(config):
-        frame = pd.DataFrame(demo_layout.expected_rows(config["demo"]["out_dir"],
-                                                        config["demo"]["subjects"]))
+    elif demo_sheet_in_use(config):
+        frame = _demo_frame(config)
         base = Path(config["samples"]).parent
     elif config.get("samples"):
         frame = read_table(config["samples"])

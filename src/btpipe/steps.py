@@ -106,11 +106,13 @@ def reference_to_atlas_step(native_path, preproc_dir, out_path, labels=None, sub
 
 # --- survival table --------------------------------------------------------
 
-def survival_table_step(config, subjects, features_path, qc_path, out_table, out_excluded):
-    """Clinical columns + image features for the subjects that passed, minus
-    those whose QC flags the config excludes (listed with the reason)."""
+def survival_table_step(config, ingest_path, features_path, qc_path, out_table, out_excluded):
+    """Clinical columns + image features for the subjects that passed ingest,
+    minus those whose QC flags the config excludes (listed with the reason)."""
     from .samples import load_samples
 
+    ingest = pd.read_parquet(ingest_path)
+    subjects = set(ingest.loc[ingest["status"] == "ok", "subject"])
     surv = config["survival"]
     samples = load_samples(config).reset_index(drop=True)
     keep = ["subject", surv["time"], *( [surv["event"]] if surv.get("event") else []),

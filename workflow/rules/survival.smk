@@ -38,7 +38,6 @@ rule survival_table:
         excluded=f"{SURV_DIR}/excluded.json",
     params:
         config=config,
-        subjects=lambda wc: passed_ingest(),
     log:
         f"{R}/logs/survival_table.log",
     localrule: True

@@ -136,6 +136,14 @@ def run_fold(name, X, y, train, test, params, covariates, seed):
     return pipe, train_out, test_out
 
 
+def fold_failed(name, fold, n_train, n_test, horizons, exc, fold_errors):
+    """A fold whose fit failed: warn, record it for the card, NaN predictions."""
+    warnings.warn(f"survival model {name} failed on repeat {fold['repeat']} fold {fold['fold']}: "
+                  f"{exc}", RuntimeWarning)
+    fold_errors.append({"repeat": fold["repeat"], "fold": fold["fold"], "error": str(exc)})
+    return _nan_outputs(n_train, name, horizons), _nan_outputs(n_test, name, horizons)
+
+
 def _nan_outputs(n, name, horizons):
     spec = MODELS[name]
     return {"risk": np.full(n, np.nan), "days": np.full(n, np.nan) if spec.predicts_days else None,
@@ -173,11 +181,8 @@ def run_model(name, X, y, ids, folds, out_dir, params, seed=0) -> pd.DataFrame:
             for metric, horizon, value in score_fold(name, y[train], y[test], train_out, test_out, params):
                 metric_rows.append((name, f["repeat"], f["fold"], metric, horizon, value))
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
-            warnings.warn(f"survival model {name} failed on repeat {f['repeat']} fold {f['fold']}: {exc}",
-                          RuntimeWarning)
-            fold_errors.append({"repeat": f["repeat"], "fold": f["fold"], "error": str(exc)})
-            train_out = _nan_outputs(len(train), name, horizons)
-            test_out = _nan_outputs(len(test), name, horizons)
+            train_out, test_out = fold_failed(name, f, len(train), len(test), horizons, exc,
+                                              fold_errors)
         pred_frames.append(_prediction_frame(name, f, ids[test], y[test], train_out, test_out, horizons))
     predictions = pd.concat(pred_frames, ignore_index=True)
     metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)

@@ -27,7 +27,6 @@ unfrozen part trains end to end with them.
 from __future__ import annotations
 
 import time as _time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -594,7 +593,7 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
     for attention models, attention.parquet (test-fold weights: subject, repeat, fold, query,
     plane, slice_index, relative_position, is_anchor, weight). Returns the predictions.
     """
-    from .lab import METRIC_COLUMNS, _prediction_frame, _nan_outputs, library_versions, resolve_params, \
+    from .lab import METRIC_COLUMNS, _prediction_frame, fold_failed, library_versions, resolve_params, \
         score_fold
     from .models import MODELS, build_model, model_options
 
@@ -626,11 +625,8 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
         except _torch().cuda.OutOfMemoryError:
             raise  # a configuration problem, not a fold problem
         except (ValueError, ArithmeticError, np.linalg.LinAlgError, RuntimeError) as exc:
-            warnings.warn(f"survival model {name} failed on repeat {f['repeat']} fold {f['fold']}: {exc}",
-                          RuntimeWarning)
-            fold_errors.append({"repeat": f["repeat"], "fold": f["fold"], "error": str(exc)})
-            train_out = _nan_outputs(len(train), name, horizons)
-            test_out = _nan_outputs(len(test), name, horizons)
+            train_out, test_out = fold_failed(name, f, len(train), len(test), horizons, exc,
+                                              fold_errors)
         pred_frames.append(_prediction_frame(name, f, ids[test], y[test], train_out, test_out, horizons))
     predictions = pd.concat(pred_frames, ignore_index=True)
     metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)

@@ -129,3 +129,41 @@ def test_changed_and_added_subjects_rerun_only_their_branches(tiny_run, tmp_path
     assert (results / "report/report.html").stat().st_mtime_ns > report_before
     assert "demo-005" in (results / "report/report.html").read_text()
     assert planned_jobs(work) == {}
+
+
+@pytest.mark.slow
+def test_kill_during_training_then_rerun_incomplete_gives_same_model(tiny_run, tmp_path):
+    """kill -9 the whole run while the final model trains (after a checkpoint);
+    `--rerun-incomplete` resumes from the checkpoint and ends with the same
+    weights as the uninterrupted run (deterministic CPU training)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import torch
+    from pipeline_helpers import REPO, SNAKEMAKE
+
+    work = copy_run(tiny_run["workdir"], tmp_path / "run")
+    final = work / "results/models/segmentation/final"
+    for name in ("model.pt", "training_log.csv"):
+        (final / name).unlink()
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
+           str(work / "config.yaml"), "--cores", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    checkpoints = work / "results/work/segmentation/final"
+    deadline = time.monotonic() + 900
+    while not any(p.is_file() for p in checkpoints.rglob("*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before a checkpoint was written"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (final / "model.pt").exists()
+    snakemake(work, "--rerun-incomplete")
+    resumed = torch.load(final / "model.pt", weights_only=False)["state_dict"]
+    reference = torch.load(tiny_run["results"] / "models/segmentation/final/model.pt",
+                           weights_only=False)["state_dict"]
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    assert not list((work / "results").rglob(".tmp-*"))

@@ -160,6 +160,7 @@ def test_kill_during_training_then_rerun_incomplete_gives_same_model(tiny_run, t
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (final / "model.pt").exists()
+    snakemake(work, "--unlock")  # the killed controller could not release its lock
     snakemake(work, "--rerun-incomplete")
     resumed = torch.load(final / "model.pt", weights_only=False)["state_dict"]
     reference = torch.load(tiny_run["results"] / "models/segmentation/final/model.pt",

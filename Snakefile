@@ -30,6 +30,8 @@ rule all:
         f"{R}/report/report.html",
         f"{R}/report/figures/seg_scores.png",
         f"{R}/report/figures/kaplan_meier.png",
+        # The final segmentation model is a deliverable (it segments new subjects).
+        [f"{MODELS_DIR}/final/model.pt"] if TRAIN_MODE else [],
 
 
 onstart:

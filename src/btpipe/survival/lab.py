@@ -136,6 +136,13 @@ def run_fold(name, X, y, train, test, params, covariates, seed):
     return pipe, train_out, test_out
 
 
+def fold_tables(pred_frames, metric_rows):
+    """Out-of-fold predictions and the long per-fold metric table of one model."""
+    metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
+    metrics["horizon"] = metrics["horizon"].astype(float)
+    return pd.concat(pred_frames, ignore_index=True), metrics
+
+
 def fold_failed(name, fold, n_train, n_test, horizons, exc, fold_errors):
     """A fold whose fit failed: warn, record it for the card, NaN predictions."""
     warnings.warn(f"survival model {name} failed on repeat {fold['repeat']} fold {fold['fold']}: "
@@ -184,9 +191,7 @@ def run_model(name, X, y, ids, folds, out_dir, params, seed=0) -> pd.DataFrame:
             train_out, test_out = fold_failed(name, f, len(train), len(test), horizons, exc,
                                               fold_errors)
         pred_frames.append(_prediction_frame(name, f, ids[test], y[test], train_out, test_out, horizons))
-    predictions = pd.concat(pred_frames, ignore_index=True)
-    metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
-    metrics["horizon"] = metrics["horizon"].astype(float)
+    predictions, metrics = fold_tables(pred_frames, metric_rows)
     model_dir = Path(out_dir) / name
     final = build_model(name, params, covariates, seed).fit(X, y)
     bundle = {"name": name, "pipeline": final, "columns": list(X.columns),

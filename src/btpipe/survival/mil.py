@@ -593,7 +593,7 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
     for attention models, attention.parquet (test-fold weights: subject, repeat, fold, query,
     plane, slice_index, relative_position, is_anchor, weight). Returns the predictions.
     """
-    from .lab import METRIC_COLUMNS, _prediction_frame, fold_failed, library_versions, resolve_params, \
+    from .lab import _prediction_frame, fold_failed, fold_tables, library_versions, resolve_params, \
         score_fold
     from .models import MODELS, build_model, model_options
 
@@ -628,9 +628,7 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
             train_out, test_out = fold_failed(name, f, len(train), len(test), horizons, exc,
                                               fold_errors)
         pred_frames.append(_prediction_frame(name, f, ids[test], y[test], train_out, test_out, horizons))
-    predictions = pd.concat(pred_frames, ignore_index=True)
-    metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
-    metrics["horizon"] = metrics["horizon"].astype(float)
+    predictions, metrics = fold_tables(pred_frames, metric_rows)
     model_dir = Path(out_dir) / name
     final = make().fit(listed, y)
     torch_save(model_dir / "final.pt", {"name": name, "input": input_kind, "model": final.bundle(),

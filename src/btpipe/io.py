@@ -139,3 +139,30 @@ def torch_save(path, obj) -> None:
 
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(obj, tmp)
+
+
+def read_label_volume(path, what="label map"):
+    """A 3-D integer label NIfTI -> (image, int16 array); a singleton 4th axis
+    is dropped. InputError names the file when it is missing, unreadable,
+    not 3-D or holds non-integer values."""
+    import nibabel as nib
+
+    from .errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found", path=path)
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"cannot read {what}: {exc}", path=path) from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{what} must be 3-D, got shape {data.shape}", path=path)
+    rounded = np.rint(data)
+    # Float-stored labels written by other tools may carry rounding noise.
+    if not np.allclose(rounded, data, atol=1e-3):
+        raise InputError(f"{what} holds non-integer values", path=path)
+    return img, rounded.astype(np.int16)

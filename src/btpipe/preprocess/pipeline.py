@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import SEQUENCES
 from ..errors import ConfigError, InputError
-from ..io import save_array_nifti, save_nifti, write_json
+from ..io import read_label_volume, save_array_nifti, save_nifti, write_json
 from . import register as reg
 from .atlas import atlas_grid, target_grid
 from .normalise import zscore_in_mask
@@ -388,20 +388,10 @@ def _atlas_space_subject(subject, images, out_dir, atlas_path, spacing_mm, clip_
 def _read_label_image(path, what):
     import nibabel as nib
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} not found", path=path)
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"cannot read {what}: {exc}", path=path) from exc
-    data = data.reshape(data.shape[:3]) if data.ndim == 4 and data.shape[3] == 1 else data
-    if data.ndim != 3:
-        raise InputError(f"{what} must be 3-D, got shape {data.shape}", path=path)
-    if not np.allclose(data, np.round(data)) or data.min() < 0 or data.max() > 255:
+    img, data = read_label_volume(path, what)
+    if data.min() < 0 or data.max() > 255:
         raise InputError(f"{what} must hold integer labels 0..255", path=path)
-    return nib.Nifti1Image(np.round(data).astype(np.float32), img.affine)
+    return nib.Nifti1Image(data.astype(np.float32), img.affine)
 
 
 def _map_labels(labels_img, reference, transform, interpolation):

@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from .. import labels as lab
 from ..errors import InputError
-from ..io import write_json, read_json
+from ..io import read_label_volume, write_json, read_json
 
 HD95_EMPTY = 373.13
 METRICS = ("dice", "hd95", "sensitivity", "specificity")
@@ -34,24 +34,8 @@ METRICS = ("dice", "hd95", "sensitivity", "specificity")
 
 def _load_label_map(path, what="segmentation"):
     """Read a label NIfTI -> (int array, spacing tuple, affine)."""
-    import nibabel as nib
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found", path=path)
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputError(f"cannot read {what}: {exc}", path=path) from exc
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"{what} must be 3-D, got shape {data.shape}", path=path)
-    rounded = np.rint(data)
-    if not np.array_equal(rounded, data):
-        raise InputError(f"{what} holds non-integer values", path=path)
-    return rounded.astype(np.int16), tuple(float(z) for z in img.header.get_zooms()[:3]), img.affine
+    img, data = read_label_volume(path, what)
+    return data, tuple(float(z) for z in img.header.get_zooms()[:3]), img.affine
 
 
 def dice(pred, ref) -> float:

@@ -51,7 +51,7 @@ def test_every_cluster_job_ran_under_slurm(slurm_run):
     allocations = slurm_run["cluster"].jobs_seen()
     local = {"demo_sheet", "ingest_summary", "qc_cohort", "seg_folds", "seg_cohort",
              "features_cohort", "slice_coverage", "survival_table", "survival_folds",
-             "survival_summary", "all"}
+             "survival_summary", "report_figures", "all"}
     planned = re.findall(r"^rule (\w+):|^localrule (\w+):", slurm_run["log"], re.M)
     remote_rules = [r for r, lr in planned if r and r not in local]
     local_run = [lr for r, lr in planned if lr]

@@ -157,7 +157,8 @@ def _(ctx):
     path = t2 / "IM_0006.dcm"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     error = failed(*ctx.ingest("c-trunc2", dicom_dir=folder), f"{t2.name}/IM_0006.dcm", t2.name)
-    assert "no series for sequence(s)" in error and "t2" in error
+    # Only the T2 is lost: dcm2niix's note about the file goes to its own series.
+    assert "no series for sequence(s) t2 (" in error
 
 
 @case("dicom_missing_slice")

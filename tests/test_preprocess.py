@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -299,14 +300,15 @@ def _cheap_subject(tcga, dest, variant):
     return dest
 
 
-def preprocess_in_fresh_process(**kwargs) -> dict:
-    """One deterministic preprocessing job in its own interpreter, as Snakemake
-    runs it: ITK fixes its thread count for the life of a process, and earlier
-    tests in this one may already have used it multithreaded."""
+def preprocess_in_fresh_process(threads=1, **kwargs) -> dict:
+    """One preprocessing job in its own interpreter, as Snakemake runs it:
+    ITK fixes its thread count for the life of a process, and earlier tests in
+    this one may already have used it with another count."""
     code = ("import json, sys\n"
             "from btpipe.preprocess import preprocess_subject\n"
             "preprocess_subject(**json.loads(sys.argv[1]))\n")
-    env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads),
+           "OMP_NUM_THREADS": str(threads)}
     args = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
     subprocess.run([sys.executable, "-c", code, json.dumps(args)], check=True, env=env)
     return json.loads((Path(kwargs["out_dir"]) / "qc.json").read_text())
@@ -354,6 +356,62 @@ def test_deterministic_runs_are_bit_identical(orientation_runs):
             y = nib.load(str(b / name))
             assert np.array_equal(np.asarray(x.dataobj), np.asarray(y.dataobj)), name
             assert np.array_equal(x.affine, y.affine), name
+
+
+def documented_tolerances() -> dict[str, float]:
+    """The default-mode run-to-run tolerances, read from docs/reliability.md so
+    the test and the documentation cannot drift apart."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    section = text.split("## Run-to-run spread without `deterministic`")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| (\w+) \| [^|]* \| ([\d.]+) \|", section, re.M)
+    return {name: float(value) for name, value in rows}
+
+
+@pytest.fixture(scope="module")
+def default_mode_runs(tmp_path_factory, tcga, atlas_path):
+    """The cheap subject preprocessed twice in default mode (ITK on 2 threads)."""
+    root = tmp_path_factory.mktemp("default_mode")
+    src = _cheap_subject(tcga, root / "nifti", "lps")
+    for run in ("a", "b"):
+        preprocess_in_fresh_process(threads=2, subject="cheap", nifti_dir=src,
+                                    out_dir=root / run, atlas_path=atlas_path,
+                                    spacing_mm=2.0, deterministic=False, seed=0)
+    return root / "a", root / "b"
+
+
+@pytest.mark.slow
+def test_default_mode_spread_within_documented_tolerance(default_mode_runs):
+    a, b = default_mode_runs
+    tolerance = documented_tolerances()
+    assert set(tolerance) == {"transform_rotation_deg", "transform_displacement_mm",
+                              "mask_dice_min", "image_correlation_min"}
+    mask_a = np.asarray(nib.load(str(a / "brain_mask.nii.gz")).dataobj) > 0
+    mask_b = np.asarray(nib.load(str(b / "brain_mask.nii.gz")).dataobj) > 0
+    centre = nib.load(str(a / "brain_mask.nii.gz")).affine @ [*np.argwhere(mask_a).mean(0), 1]
+    centre_lps = centre[:3] * [-1, -1, 1]  # ANTs transforms live in LPS
+    # Each .mat maps its fixed space's points to the moving space: only
+    # t1ce_to_atlas has the atlas as fixed space, the others the native T1ce.
+    native_centre = (reg.matrix_of(a / "transforms/t1ce_to_atlas.mat") @ [*centre_lps, 1])[:3]
+    spread = {"transform_rotation_deg": 0.0, "transform_displacement_mm": 0.0}
+    for name in TRANSFORMS:
+        diff = np.linalg.inv(reg.matrix_of(a / "transforms" / f"{name}.mat")) @ \
+            reg.matrix_of(b / "transforms" / f"{name}.mat")
+        point = centre_lps if name == "t1ce_to_atlas" else native_centre
+        angle, disp = reg.rigid_residual(diff, point)
+        spread["transform_rotation_deg"] = max(spread["transform_rotation_deg"], angle)
+        spread["transform_displacement_mm"] = max(spread["transform_displacement_mm"], disp)
+    spread["mask_dice_min"] = dice(mask_a, mask_b)
+    correlations = []
+    for seq in SEQUENCES:
+        x = np.asarray(nib.load(str(a / f"{seq}.nii.gz")).dataobj)[mask_a & mask_b]
+        y = np.asarray(nib.load(str(b / f"{seq}.nii.gz")).dataobj)[mask_a & mask_b]
+        correlations.append(float(np.corrcoef(x, y)[0, 1]))
+    spread["image_correlation_min"] = min(correlations)
+    print("default-mode spread:", spread)
+    assert spread["transform_rotation_deg"] <= tolerance["transform_rotation_deg"]
+    assert spread["transform_displacement_mm"] <= tolerance["transform_displacement_mm"]
+    assert spread["mask_dice_min"] >= tolerance["mask_dice_min"]
+    assert spread["image_correlation_min"] >= tolerance["image_correlation_min"]
 
 
 @pytest.mark.slow

@@ -118,7 +118,9 @@ def is_post_contrast(row, rules) -> bool:
 def unusable_reason(row, rules):
     """Why a series cannot be a structural volume at all, else None."""
     if _missing(row.get("file")):
-        return "not converted"
+        # dcm2niix's own notes say which file stopped it: keep them in the reason.
+        detail = [w for w in _warnings(row) if w != "not converted by dcm2niix"]
+        return "not converted" + "".join(f": {w}" for w in detail[:2])
     modality = row.get("modality")
     if rules["modalities"] and isinstance(modality, str) and \
             modality.upper() not in rules["modalities"]:

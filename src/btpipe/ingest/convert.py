@@ -245,6 +245,31 @@ def notes_per_output(lines, out_dir) -> tuple[dict, list[str]]:
     return dict(per_output), pending
 
 
+def notes_to_owning_series(notes, orphan_notes, headers):
+    """Move every note that names an input file to the series holding that file.
+
+    dcm2niix prints a note about an unreadable file before the next series it
+    converts, whichever that is; left there, a truncated T2 file would mark the
+    FLAIR as faulty too. Returns (notes per output without them, {series uid:
+    [file notes]}, orphan notes that name no known file).
+    """
+    owner = {str(path): uid for uid, info in headers.items() for path in info["files"]}
+
+    def owner_of(note):
+        return next((uid for path, uid in owner.items() if path in note), None)
+
+    by_series, kept, orphans = defaultdict(list), {}, []
+    for stem, lines in notes.items():
+        kept[stem] = []
+        for line in lines:
+            uid = owner_of(line)
+            (kept[stem] if uid is None else by_series[uid]).append(line)
+    for line in orphan_notes:
+        uid = owner_of(line)
+        (orphans if uid is None else by_series[uid]).append(line)
+    return kept, dict(by_series), orphans
+
+
 def _sidecar_for(folder: Path, stem: str, base: str) -> dict:
     """The dcm2niix sidecar of an output; derived files (_Tilt_1, _Eq_1) have
     none of their own and share the one of the file they came from."""
@@ -352,6 +377,8 @@ def convert_dicom_dir(dicom_dir, out_dir, subject=None) -> pd.DataFrame:
     with tempfile.TemporaryDirectory(prefix=".dcm2niix-", dir=out_dir) as tmp:
         code, lines = run_dcm2niix(dicom_dir, tmp)
         notes, orphan_notes = notes_per_output(lines, tmp)
+        notes, file_notes, orphan_notes = notes_to_owning_series(notes, orphan_notes,
+                                                                 headers)
         rows, taken, converted_uids = [], set(), set()
         for nii in sorted(Path(tmp).glob("*.nii")):
             stem = nii.name[:-len(".nii")]
@@ -360,8 +387,9 @@ def convert_dicom_dir(dicom_dir, out_dir, subject=None) -> pd.DataFrame:
             base = f"{match.group('uid')}_{match.group('series')}" if match else stem
             meta = _sidecar_for(Path(tmp), stem, base)
             img = nib.load(str(nii))
-            warnings = _relative_notes(notes.get(stem, []) + notes.get(base, []) if stem != base
-                                       else notes.get(stem, []), dicom_dir, tmp)
+            own = notes.get(stem, []) + notes.get(base, []) if stem != base else \
+                notes.get(stem, [])
+            warnings = _relative_notes(own + file_notes.get(uid, []), dicom_dir, tmp)
             info = headers.get(uid, {})
             converted_uids.add(uid)
             geometry = geometry_warnings(info.get("frames", []))
@@ -388,13 +416,15 @@ def convert_dicom_dir(dicom_dir, out_dir, subject=None) -> pd.DataFrame:
             row = series_row(meta, img, nii_out, json_out, dict.fromkeys(warnings))
             row["n_slices"] = n_slices
             rows.append(_scrub_row(row, tokens))
-        rows += _unconverted_rows(headers, converted_uids, orphan_notes, dicom_dir, tmp, tokens)
+        unclaimed = orphan_notes + [n for uid, lines in file_notes.items()
+                                    if uid not in converted_uids for n in lines]
+        rows += _unconverted_rows(headers, converted_uids, unclaimed, dicom_dir, tmp, tokens)
     if not any(r["file"] for r in rows):
-        detail = "; ".join(_relative_notes(orphan_notes, dicom_dir, "")) or \
+        detail = "; ".join(_relative_notes(unclaimed, dicom_dir, "")) or \
             f"dcm2niix exit code {code}"
         what = "no DICOM files found" if not headers else "no DICOM series could be converted"
         all_files = [f for info in headers.values() for f in info["files"]]
-        bad = _first_failed_file(orphan_notes, all_files) or dicom_dir
+        bad = _first_failed_file(unclaimed, all_files) or dicom_dir
         raise InputError(f"{what} ({detail})", subject=subject, path=bad)
     rows.sort(key=lambda r: (r["series_number"] is None, r["series_number"] or 0,
                              r["file"] is None, r["file"] or ""))

@@ -5,6 +5,7 @@ off, stopped by their PIDs."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -133,10 +134,12 @@ class SlurmCluster:
                              env=self.env)
         return out.stdout.strip().startswith("idle")
 
-    def jobs_seen(self) -> list[str]:
-        """Names of every job the controller has allocated (from its log; no accounting)."""
+    def jobs_completed(self) -> set[str]:
+        """Ids of the jobs that ran here and exited 0 (from the controller's log;
+        no accounting). Jobs start through the main or the backfill scheduler,
+        but every one ends in the same `_job_complete` line."""
         log = (self.root / "log/slurmctld.log").read_text(errors="replace")
-        return [line for line in log.splitlines() if "sched: Allocate JobId=" in line]
+        return set(re.findall(r"_job_complete: JobId=(\d+) WEXITSTATUS 0", log))
 
     def stop(self):
         for name in ("slurmd", "slurmctld", "munged"):

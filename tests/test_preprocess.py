@@ -368,15 +368,16 @@ def documented_tolerances() -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def default_mode_runs(tmp_path_factory, tcga, atlas_path):
-    """The cheap subject preprocessed twice in default mode (ITK on 2 threads)."""
+def default_mode_runs(orientation_runs, tmp_path_factory, tcga, atlas_path):
+    """The cheap LPS subject once in default mode (ITK on 2 threads), paired with
+    its single-threaded run from orientation_runs: any two runs must agree within
+    the tolerance, and this pair costs one preprocessing run instead of two."""
     root = tmp_path_factory.mktemp("default_mode")
     src = _cheap_subject(tcga, root / "nifti", "lps")
-    for run in ("a", "b"):
-        preprocess_in_fresh_process(threads=2, subject="cheap", nifti_dir=src,
-                                    out_dir=root / run, atlas_path=atlas_path,
-                                    spacing_mm=2.0, deterministic=False, seed=0)
-    return root / "a", root / "b"
+    preprocess_in_fresh_process(threads=2, subject="cheap", nifti_dir=src,
+                                out_dir=root / "preproc", atlas_path=atlas_path,
+                                spacing_mm=2.0, deterministic=False, seed=0)
+    return orientation_runs["lps"]["dir"], root / "preproc"
 
 
 @pytest.mark.slow

@@ -166,20 +166,27 @@ def json_dump(obj) -> str:
 
 
 def survival_folds_step(table_path, survival, seed, out_path):
-    from .survival.folds import make_folds, write_folds
+    from .survival.folds import folds_and_holdout, write_folds
 
     _, y, ids = survival_inputs(table_path, survival)[:3]
-    folds = make_folds(y, survival["folds"], survival["repeats"], seed, ids=ids)
-    write_folds(out_path, folds)
+    folds, holdout = folds_and_holdout(y, ids, survival, seed)
+    write_folds(out_path, folds, holdout)
+
+
+def read_split(folds_path) -> tuple[list[dict], list[str]]:
+    """(folds, held-out ids) from survival/folds.json (a bare list: no held-out part)."""
+    split = io.read_json(folds_path)
+    if isinstance(split, list):
+        return split, []
+    return split["folds"], list(split.get("holdout_ids", []))
 
 
 def survival_model_step(name, table_path, folds_path, survival, seed, out_dir):
     from .survival.lab import run_model
 
     X, y, ids = survival_inputs(table_path, survival)[:3]
-    folds = io.read_json(folds_path)
-    folds = folds["folds"] if isinstance(folds, dict) else folds
-    run_model(name, X, y, ids, folds, out_dir, survival, seed)
+    folds, holdout = read_split(folds_path)
+    run_model(name, X, y, ids, folds, out_dir, survival, seed, holdout_ids=holdout)
 
 
 # --- segmentation --------------------------------------------------------------
@@ -233,8 +240,10 @@ def survival_image_model_step(name, table_path, folds_path, survival, seed, out_
     from .survival.volumes import default_volume_paths, run_volume_model
 
     _, y, ids = survival_inputs(table_path, survival)[:3]
-    folds = io.read_json(folds_path)
-    folds = folds["folds"] if isinstance(folds, dict) else folds
+    folds, holdout = read_split(folds_path)
+    # Image models do not score a held-out part yet; they must not train on it either.
+    keep = ~np.isin(np.asarray(ids, str), holdout)
+    y, ids = y[keep], np.asarray(ids)[keep]
     if MODELS[name].input == "bags":
         paths = {s: str(Path(results_dir) / "subjects" / s / "slices.npz") for s in ids}
         run_bag_model(name, paths, y, ids, folds, out_dir, survival, seed)

@@ -81,6 +81,19 @@ def holdout_split(y, fraction: float, seed: int = 0, ids=None):
     return sorted(dev.tolist()), sorted(test.tolist())
 
 
+def folds_and_holdout(y, ids, params, seed: int = 0) -> tuple[list[dict], list[str]]:
+    """The survival section's split: an optional held-out part
+    (``holdout_fraction``), then repeated stratified k-fold on the rest."""
+    ids = np.asarray([str(i) for i in ids])
+    holdout = []
+    if float(params.get("holdout_fraction") or 0) > 0:
+        _, holdout = holdout_split(y, float(params["holdout_fraction"]), seed, ids)
+    keep = ~np.isin(ids, holdout)
+    folds = make_folds(y[keep], int(params.get("folds", 5)), int(params.get("repeats", 1)),
+                       seed, ids[keep])
+    return folds, holdout
+
+
 def write_folds(path, folds, holdout_ids=None, meta=None) -> None:
     """Write survival/folds.json: {"folds": [...], "holdout_ids": [...], **meta}."""
     payload = {"folds": folds, "holdout_ids": list(holdout_ids or [])}

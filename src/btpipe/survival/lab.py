@@ -22,7 +22,7 @@ from ..errors import ConfigError, InputError
 from ..io import atomic_path, read_json, write_json, write_parquet
 from . import metrics as M
 from .data import default_feature_columns, make_y, prepare_table
-from .folds import holdout_split, make_folds, write_folds
+from .folds import folds_and_holdout, write_folds
 from .models import MODELS, build_model, model_options, selected_features, transform_until_model
 
 DEFAULT_PARAMS = {
@@ -161,13 +161,15 @@ def _nan_outputs(n, name, horizons):
 # ---------------------------------------------------------------- one model
 
 
-def run_model(name, X, y, ids, folds, out_dir, params, seed=0) -> pd.DataFrame:
-    """Cross-validate one model and fit its final model on every subject.
+def run_model(name, X, y, ids, folds, out_dir, params, seed=0, holdout_ids=()) -> pd.DataFrame:
+    """Cross-validate one model and fit its final model on every development subject.
 
     Writes ``out_dir/{name}/predictions.parquet`` (subject, repeat, fold, risk,
     predicted_days, time, event, risk_group, surv_{h}d), ``fold_metrics.parquet``
     (long), ``card.json`` and ``final.pkl``. A fold whose fit fails (e.g. a
     tiny training part) gives NaN predictions and is listed in the card.
+    ``holdout_ids`` (rows of X that no fold trains on) are scored by every fold
+    model (see :func:`holdout_tables`) and left out of the final model.
     Returns the predictions.
     """
     import joblib
@@ -175,16 +177,20 @@ def run_model(name, X, y, ids, folds, out_dir, params, seed=0) -> pd.DataFrame:
     params = resolve_params(params)
     ids = np.asarray([str(i) for i in ids])
     position = {s: i for i, s in enumerate(ids)}
+    hold = np.asarray([position[str(s)] for s in holdout_ids], dtype=int)
     covariates = list(X.attrs.get("covariates", []))
     horizons = [float(h) for h in params["horizons_days"]]
     spec = MODELS[name]
-    pred_frames, metric_rows, fold_errors, chosen = [], [], [], []
+    pred_frames, metric_rows, fold_errors, chosen, hold_percentiles = [], [], [], [], []
     for f in folds:
         train = np.asarray([position[s] for s in f["train_ids"]])
         test = np.asarray([position[s] for s in f["test_ids"]])
         try:
             pipe, train_out, test_out = run_fold(name, X, y, train, test, params, covariates, seed)
             chosen.append(selected_features(pipe))
+            if len(hold):
+                hold_risk = predict_outputs(pipe, name, X.iloc[hold], [], None)["risk"]
+                hold_percentiles.append(risk_percentiles(hold_risk, train_out["risk"]))
             for metric, horizon, value in score_fold(name, y[train], y[test], train_out, test_out, params):
                 metric_rows.append((name, f["repeat"], f["fold"], metric, horizon, value))
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
@@ -193,7 +199,12 @@ def run_model(name, X, y, ids, folds, out_dir, params, seed=0) -> pd.DataFrame:
         pred_frames.append(_prediction_frame(name, f, ids[test], y[test], train_out, test_out, horizons))
     predictions, metrics = fold_tables(pred_frames, metric_rows)
     model_dir = Path(out_dir) / name
-    final = build_model(name, params, covariates, seed).fit(X, y)
+    if len(hold):
+        hold_pred, hold_metrics = holdout_tables(name, ids[hold], y[hold], hold_percentiles)
+        write_parquet(model_dir / "holdout_predictions.parquet", hold_pred)
+        write_parquet(model_dir / "holdout_metrics.parquet", hold_metrics)
+    dev = np.setdiff1d(np.arange(len(ids)), hold)
+    final = build_model(name, params, covariates, seed).fit(X.iloc[dev], y[dev])
     bundle = {"name": name, "pipeline": final, "columns": list(X.columns),
               "horizons_days": horizons, "btpipe": __version__}
     with atomic_path(model_dir / "final.pkl") as tmp:
@@ -203,6 +214,38 @@ def run_model(name, X, y, ids, folds, out_dir, params, seed=0) -> pd.DataFrame:
     write_json(model_dir / "card.json", _model_card(name, spec, X, y, folds, params, seed, final,
                                                    chosen, fold_errors))
     return predictions
+
+
+def risk_percentiles(risk, train_risk) -> np.ndarray:
+    """Where each risk falls among one fold model's training risks (0..1, ties
+    count half): scale-free, so fold models can be averaged, and > 0.5 exactly
+    when the risk is above that fold's training median."""
+    risk, train_risk = np.asarray(risk, float), np.asarray(train_risk, float)
+    below = (train_risk[None, :] < risk[:, None]).mean(axis=1)
+    ties = (train_risk[None, :] == risk[:, None]).mean(axis=1)
+    return below + ties / 2
+
+
+def holdout_tables(name, hold_ids, y_hold, percentiles):
+    """Held-out subjects scored by the fold models (none of which saw them).
+
+    Each fold votes "high" when the subject's risk is above that fold's
+    training median; the risk group is the majority vote (a tie goes to the
+    side of the mean percentile). The ensemble risk is the mean percentile.
+    Returns (predictions, long metrics with repeat -1 and fold -1).
+    """
+    pct = np.vstack(percentiles)  # folds x subjects
+    votes_high = (pct > 0.5).sum(axis=0)
+    risk = pct.mean(axis=0)
+    high = np.where(2 * votes_high == len(pct), risk > 0.5, 2 * votes_high > len(pct))
+    predictions = pd.DataFrame({"subject": hold_ids, "risk": risk, "votes_high": votes_high,
+                                "n_folds": len(pct), "risk_group": np.where(high, "high", "low"),
+                                "time": y_hold["time"], "event": y_hold["event"].astype(bool)})
+    hr, p = M.risk_group_tests(y_hold["event"], y_hold["time"], high)
+    rows = [(name, -1, -1, "c_harrell", None, M.harrell_c(y_hold["event"], y_hold["time"], risk)),
+            (name, -1, -1, "hr", None, hr), (name, -1, -1, "logrank_p", None, p),
+            (name, -1, -1, "n", None, float(len(hold_ids)))]
+    return predictions, fold_tables([predictions], rows)[1]
 
 
 def _prediction_frame(name, fold, test_ids, y_test, train_out, test_out, horizons):
@@ -387,6 +430,10 @@ def summarise(model_dirs, out_dir, params, X=None, y=None) -> None:
         predictions[model_dir.name] = pd.read_parquet(model_dir / "predictions.parquet")
     table = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRIC_COLUMNS)
     write_parquet(out_dir / "metrics.parquet", table[METRIC_COLUMNS])
+    holdout = [pd.read_parquet(d / "holdout_metrics.parquet") for d in map(Path, model_dirs)
+               if (d / "holdout_metrics.parquet").exists()]
+    if holdout:  # only with survival.holdout_fraction > 0
+        write_parquet(out_dir / "holdout_metrics.parquet", pd.concat(holdout, ignore_index=True))
     write_parquet(out_dir / "comparisons.parquet",
                   compare_models(predictions, int(params["n_permutations"]), int(params.get("seed", 0))))
     if X is None and (out_dir / "table.parquet").exists():
@@ -431,19 +478,14 @@ def run_lab(table, time_col, event_col, covariates, feature_cols, params, out_di
     X, y, ids = prepare_table(frame, time_col, event_col, covariates, feature_cols)
     if X.shape[1] == 0:
         raise ConfigError("survival lab has no covariates or features to model")
-    dev_ids, holdout = list(ids), []
-    if float(params.get("holdout_fraction") or 0) > 0:
-        dev_ids, holdout = holdout_split(y, float(params["holdout_fraction"]), seed, ids)
-    keep = np.isin(ids, dev_ids)
-    folds = make_folds(y[keep], int(params["folds"]), int(params["repeats"]), seed, ids[keep])
+    folds, holdout = folds_and_holdout(y, ids, params, seed)
+    keep = ~np.isin(ids, holdout)
     write_folds(out_dir / "folds.json", folds, holdout,
                 meta={"seed": seed, "n": int(keep.sum()), "n_events": int(y["event"][keep].sum())})
     write_prepared(out_dir / "table.parquet", X, y)
-    dev_X = X[keep]
-    dev_X.attrs["covariates"] = X.attrs["covariates"]
     model_dirs = {}
     for name in params["models"]:
-        run_model(name, dev_X, y[keep], ids[keep], folds, out_dir, params, seed)
+        run_model(name, X, y, ids, folds, out_dir, params, seed, holdout_ids=holdout)
         model_dirs[name] = out_dir / name
     summarise(list(model_dirs.values()), out_dir, params, X=X, y=y)
     summary = metric_summary(pd.read_parquet(out_dir / "metrics.parquet"))

@@ -218,9 +218,25 @@ def slice_count(img, frames) -> int:
 
 def run_dcm2niix(dicom_dir, out_dir) -> tuple[int, list[str]]:
     """Run dcm2niix; return (exit code, stdout+stderr lines)."""
-    proc = subprocess.run(dcm2niix_command(dicom_dir, out_dir), capture_output=True,
-                          text=True, errors="replace", check=False)
-    return proc.returncode, (proc.stdout + "\n" + proc.stderr).splitlines()
+    return finish_dcm2niix(start_dcm2niix(dicom_dir, out_dir))
+
+
+def start_dcm2niix(dicom_dir, out_dir) -> subprocess.Popen:
+    """Start dcm2niix in the background (its output goes to a file in out_dir,
+    so a chatty run can never block on a full pipe)."""
+    log = open(Path(out_dir) / ".dcm2niix.log", "w+", errors="replace")
+    proc = subprocess.Popen(dcm2niix_command(dicom_dir, out_dir), stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    return proc
+
+
+def finish_dcm2niix(proc: subprocess.Popen) -> tuple[int, list[str]]:
+    """Wait for a started dcm2niix; (exit code, its output lines)."""
+    with proc.log as log:
+        code = proc.wait()
+        log.seek(0)
+        return code, log.read().splitlines()
 
 
 def notes_per_output(lines, out_dir) -> tuple[dict, list[str]]:
@@ -372,10 +388,17 @@ def convert_dicom_dir(dicom_dir, out_dir, subject=None) -> pd.DataFrame:
     dicom_dir, out_dir = Path(dicom_dir), Path(out_dir)
     if not dicom_dir.is_dir():
         raise InputError("DICOM folder not found", subject=subject, path=dicom_dir)
-    headers, tokens = scan_headers(dicom_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dcm2niix-", dir=out_dir) as tmp:
-        code, lines = run_dcm2niix(dicom_dir, tmp)
+        # dcm2niix is a separate process: the pydicom header pass runs meanwhile.
+        proc = start_dcm2niix(dicom_dir, tmp)
+        try:
+            headers, tokens = scan_headers(dicom_dir)
+        except BaseException:
+            proc.kill()
+            finish_dcm2niix(proc)
+            raise
+        code, lines = finish_dcm2niix(proc)
         notes, orphan_notes = notes_per_output(lines, tmp)
         notes, file_notes, orphan_notes = notes_to_owning_series(notes, orphan_notes,
                                                                  headers)

@@ -269,11 +269,18 @@ def _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_tran
         mask_native = _mask_image(t1ce, mask_arr)
 
         with timer.step("register_sequences"):
-            fixed_seq = reg._normalise_for_registration(n4["t1ce"])
-            reg_mask = ants.iMath(mask_native, "MD", 3)
+            # Same-session rigid alignment on a grid no finer than 2 mm: the
+            # finest level at 1 mm cost 5x the time for no measurable gain in
+            # the transform (linear interpolation keeps sub-voxel accuracy).
+            fixed_seq = reg.coarse_copy(reg._normalise_for_registration(n4["t1ce"]),
+                                        REGISTRATION_SPACING_MM)
+            reg_mask = ants.resample_image_to_target(ants.iMath(mask_native, "MD", 3), fixed_seq,
+                                                     interp_type="nearestNeighbor")
             pair_sim = {}
             for s in OTHER_SEQUENCES:
-                res = reg.rigid(fixed_seq, reg._normalise_for_registration(n4[s]),
+                moving = reg.coarse_copy(reg._normalise_for_registration(n4[s]),
+                                         REGISTRATION_SPACING_MM)
+                res = reg.rigid(fixed_seq, moving,
                                 transform="Rigid", metric="mattes", initial="identity",
                                 fixed_mask=reg_mask, shrink=(4, 2, 1), smooth=(2, 1, 0),
                                 iterations=(200, 100, 50), sampling=0.25, seed=seed,

@@ -78,6 +78,17 @@ def axcodes(img) -> str:
 
 # --------------------------------------------------------------------------- N4
 
+def coarse_copy(img, mm):
+    """``img`` resampled (linear) so that no axis is finer than ``mm``; the image
+    itself when none is. Thick-slice axes keep their spacing."""
+    import ants
+
+    spacing = tuple(max(float(s), mm) for s in img.spacing)
+    if np.allclose(spacing, img.spacing):
+        return img
+    return ants.resample_image(img, spacing, use_voxels=False, interp_type=0)
+
+
 def n4(img, mask=None, fit_mm=4.0):
     """N4 bias correction fitted on a coarse copy (about ``fit_mm`` voxels).
 
@@ -90,8 +101,7 @@ def n4(img, mask=None, fit_mm=4.0):
     import ants
 
     img = img - float(img.min()) + 1.0  # N4 works in the log domain: keep it positive
-    spacing = tuple(max(float(s), fit_mm) for s in img.spacing)
-    small = ants.resample_image(img, spacing, use_voxels=False, interp_type=0)
+    small = coarse_copy(img, fit_mm)
     small_mask = (ants.get_mask(small, cleanup=2) if mask is None else
                   ants.resample_image_to_target(mask, small, interp_type="nearestNeighbor"))
     if float(small_mask.sum()) < 0.01 * np.prod(small.shape):

@@ -222,3 +222,16 @@ def test_dynunet_trains_and_reloads(cohort, tmp_path):
     assert all(torch.equal(saved[k], v) for k, v in loaded.module.state_dict().items())
     with torch.no_grad():
         assert loaded.module(torch.zeros(1, 4, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+def test_two_channel_model_trains_reloads_and_segments(cohort, tmp_path):
+    """A FLAIR + T1ce model (as on the BRATS 2015 cases) keeps its own channel order."""
+    two = [{**item, "image": [item["image"][3], item["image"][1]]} for item in cohort]
+    params = {"init_filters": 8, "roi_size": [16, 16, 16], "batch_size": 1, "max_steps": 2,
+              "val_every": 2, "device": "cpu"}
+    path = train.train_model(two[:1], [], tmp_path / "model", params, seed=0)
+    loaded = networks.load_model(path, {})
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in loaded.module.state_dict().items())
+    out = infer.segment_subject(path, two[3]["image"], tmp_path / "seg", {"device": "cpu"})
+    assert nib.load(out["seg"]).shape == nib.load(two[3]["image"][0]).shape

@@ -123,11 +123,13 @@ def _permutation(source_order, target_order, what):
 
 
 def reorder_state_dict(state: dict, channel_order, region_order, first_key, final_key) -> dict:
-    """Permute first-conv input channels and final-conv outputs to internal order."""
+    """Permute first-conv input channels (unless ``channel_order`` is None) and
+    final-conv outputs to internal order."""
     state = dict(state)
-    in_perm = _permutation(channel_order, SEQUENCES, "channel_order")
     out_perm = _permutation(region_order, REGIONS, "region_order")
-    state[first_key + ".weight"] = state[first_key + ".weight"][:, in_perm].clone()
+    if channel_order is not None:
+        in_perm = _permutation(channel_order, SEQUENCES, "channel_order")
+        state[first_key + ".weight"] = state[first_key + ".weight"][:, in_perm].clone()
     state[final_key + ".weight"] = state[final_key + ".weight"][out_perm].clone()
     if final_key + ".bias" in state:
         state[final_key + ".bias"] = state[final_key + ".bias"][out_perm].clone()
@@ -176,9 +178,13 @@ def _load_btpipe(obj, path) -> LoadedModel:
     module = build_network(network, in_channels=obj["in_channels"], out_channels=len(obj["region_order"]),
                            roi_size=roi, **net_params)
     state = obj["state_dict"]
-    channel_order = obj.get("channel_order", list(SEQUENCES))
-    region_order = obj.get("region_order", list(REGIONS))
-    if list(channel_order) != list(SEQUENCES) or list(region_order) != list(REGIONS):
+    channel_order = list(obj.get("channel_order", SEQUENCES))
+    region_order = list(obj.get("region_order", REGIONS))
+    # Channels other than the four sequences (e.g. a 2-channel FLAIR + T1c model
+    # saved as ch0, ch1) take their inputs in the trained order: nothing to permute.
+    if sorted(channel_order) != sorted(SEQUENCES) or channel_order == list(SEQUENCES):
+        channel_order = None
+    if channel_order is not None or region_order != list(REGIONS):
         first, final = _first_and_final_keys(network, module)
         if final is None:
             final = _segresnet_shape_from_state(state)["final_key"]

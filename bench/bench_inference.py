@@ -20,14 +20,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from record import replace_section  # noqa: E402
+from record import replace_section, run_json_script  # noqa: E402
 
 CASE = REPO.parent / "shared/data/mri/brats-gli-00001-000"
 # btpipe's order t1, t1ce, t2, flair <- BraTS 2023 names t1n, t1c, t2w, t2f
@@ -61,10 +60,7 @@ def one_run(roi: str, threads: int, workdir: Path) -> dict:
     args = json.dumps([str(workdir / "bundle.pt"), [str(p) for p in IMAGES],
                        str(workdir / "out"), roi, threads])
     (workdir / "out").mkdir(exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, "-c", ONE_RUN, args], check=True,
-                          capture_output=True, text=True, env=env)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_script(ONE_RUN, args, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
 def main() -> None:

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from record import replace_section  # noqa: E402
+from record import replace_section, run_json_script  # noqa: E402
 
 SUBJECT = REPO.parent / "shared/data/mri/tcga-fg-6692/native"
 ATLAS = REPO / "resources/atlas/sri24/t1_brain.nii.gz"
@@ -43,9 +41,7 @@ print(json.dumps({"wall_s": wall, "peak_gb": peak, "steps": qc["timings_s"]}))
 
 
 def one_run(out_dir: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", ONE_RUN, str(SUBJECT), str(out_dir), str(ATLAS)],
-                          check=True, capture_output=True, text=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_script(ONE_RUN, str(SUBJECT), str(out_dir), str(ATLAS))
 
 
 def main() -> None:

@@ -13,3 +13,15 @@ def replace_section(path: Path, heading: str, body: str) -> None:
     text = pattern.sub(block + "\n", text) if pattern.search(text) else \
         text.rstrip() + "\n\n" + block
     path.write_text(text)
+
+
+def run_json_script(code: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter (so its peak RSS and imports are its
+    own) and return the JSON object printed on its last output line."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code, *args], check=True,
+                          capture_output=True, text=True, env=env)
+    return json.loads(proc.stdout.strip().splitlines()[-1])

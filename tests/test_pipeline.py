@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from pipeline_helpers import copy_run, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
@@ -168,3 +169,31 @@ def test_kill_during_training_then_rerun_incomplete_gives_same_model(tiny_run, t
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
     assert not list((work / "results").rglob(".tmp-*"))
+
+
+def test_held_out_subjects_stay_out_of_every_survival_model(tiny_run, tmp_path):
+    """survival.holdout_fraction through the pipeline's steps: the table model
+    scores the held-out subject with its fold models; the image model neither
+    trains on it nor predicts it."""
+    import warnings
+
+    from btpipe import steps
+
+    results = tiny_run["results"]
+    config = yaml.safe_load((tiny_run["workdir"] / "config.yaml").read_text())
+    survival = {**config["survival"], "holdout_fraction": 0.2,
+                "model_params": {"bag_mean_cox": {"epochs": 2, "pretrain_epochs": 1}}}
+    table = results / "survival/input.parquet"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tiny folds: NaN metrics warn
+        steps.survival_folds_step(table, survival, 0, tmp_path / "folds.json")
+        steps.survival_model_step("cox", table, tmp_path / "folds.json", survival, 0, tmp_path)
+        steps.survival_image_model_step("bag_mean_cox", table, tmp_path / "folds.json",
+                                        survival, 0, tmp_path, results)
+    holdout = set(json.loads((tmp_path / "folds.json").read_text())["holdout_ids"])
+    assert len(holdout) == 1
+    held = pd.read_parquet(tmp_path / "cox/holdout_predictions.parquet")
+    assert set(held["subject"]) == holdout
+    for model in ("cox", "bag_mean_cox"):
+        predicted = set(pd.read_parquet(tmp_path / model / "predictions.parquet")["subject"])
+        assert predicted and not predicted & holdout, model

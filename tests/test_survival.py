@@ -362,6 +362,9 @@ def test_holdout_scored_by_fold_models_with_majority_vote(testdata, tmp_path):
     assert ages[pred["risk_group"] == "high"].min() >= ages[pred["risk_group"] == "low"].max()
     metrics = pd.read_parquet(tmp_path / "holdout_metrics.parquet").set_index("metric")["value"]
     assert metrics["n"] == len(holdout)
+    # The final model's card counts only the subjects it was fitted on.
+    card = pd.read_json(tmp_path / "age_cox" / "card.json", typ="series")
+    assert card["n"] == len(frame) - len(holdout) and card["n_holdout"] == len(holdout)
     assert 0.5 < metrics["c_harrell"] < 0.8  # age-only C on the CV folds is 0.626
 
 

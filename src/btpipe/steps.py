@@ -173,19 +173,12 @@ def survival_folds_step(table_path, survival, seed, out_path):
     write_folds(out_path, folds, holdout)
 
 
-def read_split(folds_path) -> tuple[list[dict], list[str]]:
-    """(folds, held-out ids) from survival/folds.json (a bare list: no held-out part)."""
-    split = io.read_json(folds_path)
-    if isinstance(split, list):
-        return split, []
-    return split["folds"], list(split.get("holdout_ids", []))
-
-
 def survival_model_step(name, table_path, folds_path, survival, seed, out_dir):
+    from .survival.folds import read_folds
     from .survival.lab import run_model
 
     X, y, ids = survival_inputs(table_path, survival)[:3]
-    folds, holdout = read_split(folds_path)
+    folds, holdout = read_folds(folds_path)
     run_model(name, X, y, ids, folds, out_dir, survival, seed, holdout_ids=holdout)
 
 
@@ -235,12 +228,13 @@ def seg_cohort_step(metric_paths, log_paths, outputs):
 def survival_image_model_step(name, table_path, folds_path, survival, seed, out_dir,
                               results_dir):
     """Slice-bag or 3D model on the same folds; images read from results_dir."""
+    from .survival.folds import read_folds
     from .survival.mil import run_bag_model
     from .survival.models import MODELS
     from .survival.volumes import default_volume_paths, run_volume_model
 
     _, y, ids = survival_inputs(table_path, survival)[:3]
-    folds, holdout = read_split(folds_path)
+    folds, holdout = read_folds(folds_path)
     # Image models do not score a held-out part yet; they must not train on it either.
     keep = ~np.isin(np.asarray(ids, str), holdout)
     y, ids = y[keep], np.asarray(ids)[keep]

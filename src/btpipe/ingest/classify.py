@@ -19,6 +19,9 @@ import yaml
 from .. import SEQUENCES
 from ..errors import ConfigError
 
+# The warning convert.py gives a series dcm2niix wrote nothing for.
+NOT_CONVERTED = "not converted by dcm2niix"
+
 _PARAMETER_COLUMNS = ("repetition_time", "echo_time", "inversion_time")
 TIE_BREAK = "prefer 3D, then the smallest voxel volume, then the latest series number"
 
@@ -119,7 +122,7 @@ def unusable_reason(row, rules):
     """Why a series cannot be a structural volume at all, else None."""
     if _missing(row.get("file")):
         # dcm2niix's own notes say which file stopped it: keep them in the reason.
-        detail = [w for w in _warnings(row) if w != "not converted by dcm2niix"]
+        detail = [w for w in _warnings(row) if w != NOT_CONVERTED]
         return "not converted" + "".join(f": {w}" for w in detail[:2])
     modality = row.get("modality")
     if rules["modalities"] and isinstance(modality, str) and \

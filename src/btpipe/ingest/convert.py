@@ -26,6 +26,7 @@ import pandas as pd
 from .. import io
 from ..errors import InputError
 from . import deid
+from .classify import NOT_CONVERTED
 
 SERIES_COLUMNS = (
     "series_number", "series_description", "protocol_name", "vendor", "modality",
@@ -477,7 +478,7 @@ def _unconverted_rows(headers, converted_uids, orphan_notes, dicom_dir, tmp, tok
             continue
         notes = [n for n in orphan_notes if _first_failed_file([n], info["files"])] \
             or orphan_notes
-        warnings = ["not converted by dcm2niix"] + info["truncated"] + \
+        warnings = [NOT_CONVERTED] + info["truncated"] + \
             _relative_notes(notes, dicom_dir, tmp)
         row = {c: None for c in SERIES_COLUMNS}
         row.update(series_number=None if info["series_number"] is None

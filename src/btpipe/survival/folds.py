@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from ..errors import ConfigError
-from ..io import write_json
+from ..io import read_json, write_json
 
 
 def stratification_labels(y, k: int, max_time_bins: int = 3):
@@ -89,9 +89,14 @@ def folds_and_holdout(y, ids, params, seed: int = 0) -> tuple[list[dict], list[s
     if float(params.get("holdout_fraction") or 0) > 0:
         _, holdout = holdout_split(y, float(params["holdout_fraction"]), seed, ids)
     keep = ~np.isin(ids, holdout)
-    folds = make_folds(y[keep], int(params.get("folds", 5)), int(params.get("repeats", 1)),
-                       seed, ids[keep])
+    folds = make_folds(y[keep], int(params["folds"]), int(params["repeats"]), seed, ids[keep])
     return folds, holdout
+
+
+def read_folds(path) -> tuple[list[dict], list[str]]:
+    """(folds, held-out ids) back from a folds.json written by :func:`write_folds`."""
+    split = read_json(path)
+    return split["folds"], list(split.get("holdout_ids", []))
 
 
 def write_folds(path, folds, holdout_ids=None, meta=None) -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import ConfigError, InputError
-from ..io import atomic_path, read_json, write_json, write_parquet
+from ..io import atomic_path, write_json, write_parquet
 from . import metrics as M
 from .data import default_feature_columns, make_y, prepare_table
 from .folds import folds_and_holdout, write_folds
@@ -136,11 +136,16 @@ def run_fold(name, X, y, train, test, params, covariates, seed):
     return pipe, train_out, test_out
 
 
-def fold_tables(pred_frames, metric_rows):
-    """Out-of-fold predictions and the long per-fold metric table of one model."""
+def metric_table(metric_rows) -> pd.DataFrame:
+    """The long metric table (METRIC_COLUMNS) from (model, repeat, fold, metric, horizon, value) rows."""
     metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
     metrics["horizon"] = metrics["horizon"].astype(float)
-    return pd.concat(pred_frames, ignore_index=True), metrics
+    return metrics
+
+
+def fold_tables(pred_frames, metric_rows):
+    """Out-of-fold predictions and the long per-fold metric table of one model."""
+    return pd.concat(pred_frames, ignore_index=True), metric_table(metric_rows)
 
 
 def fold_failed(name, fold, n_train, n_test, horizons, exc, fold_errors):
@@ -211,8 +216,9 @@ def run_model(name, X, y, ids, folds, out_dir, params, seed=0, holdout_ids=()) -
         joblib.dump(bundle, tmp)
     write_parquet(model_dir / "predictions.parquet", predictions)
     write_parquet(model_dir / "fold_metrics.parquet", metrics)
-    write_json(model_dir / "card.json", _model_card(name, spec, X, y, folds, params, seed, final,
-                                                   chosen, fold_errors))
+    card = _model_card(name, spec, X, y[dev], folds, params, seed, final, chosen, fold_errors)
+    card["n_holdout"] = int(len(hold))
+    write_json(model_dir / "card.json", card)
     return predictions
 
 
@@ -245,7 +251,7 @@ def holdout_tables(name, hold_ids, y_hold, percentiles):
     rows = [(name, -1, -1, "c_harrell", None, M.harrell_c(y_hold["event"], y_hold["time"], risk)),
             (name, -1, -1, "hr", None, hr), (name, -1, -1, "logrank_p", None, p),
             (name, -1, -1, "n", None, float(len(hold_ids)))]
-    return predictions, fold_tables([predictions], rows)[1]
+    return predictions, metric_table(rows)
 
 
 def _prediction_frame(name, fold, test_ids, y_test, train_out, test_out, horizons):
@@ -540,7 +546,3 @@ def _split(text) -> list[str]:
         return list(text)
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
-
-def load_folds(path) -> list[dict]:
-    """Folds back from folds.json."""
-    return read_json(path)["folds"]

@@ -134,12 +134,43 @@ def test_rigid_residual_and_rigidify(tmp_path):
     np.testing.assert_allclose(r[:3, :3] @ r[:3, :3].T, np.eye(3), atol=1e-6)
 
 
+def test_coarse_copy_block_means_keep_world_positions():
+    """An oblique 0.9 x 0.9 x 5.5 mm image reduced to >= 2 mm: whole-voxel block
+    means (2 x 2 x 1), thick axis kept, and a blob's world centre stays put."""
+    import ants
+
+    rng = np.random.default_rng(0)
+    arr = np.zeros((64, 60, 20), np.float32)
+    arr[30:38, 20:30, 8:12] = 100.0
+    arr += rng.normal(0, 1, arr.shape).astype(np.float32)
+    c, s_ = np.cos(0.3), np.sin(0.3)
+    direction = np.array([[c, -s_, 0], [s_, c, 0], [0, 0, 1.0]])
+    img = ants.from_numpy(arr, origin=(10.0, -20.0, 5.0), spacing=(0.9, 0.9, 5.5),
+                          direction=direction)
+    small = reg.coarse_copy(img, 2.0)
+    assert small.shape == (32, 30, 20)
+    assert np.allclose(small.spacing, (1.8, 1.8, 5.5))
+    assert np.allclose(small.numpy().mean(), arr[:64, :60].mean(), atol=1e-3)
+
+    def world_centre(image):
+        weights = np.clip(image.numpy(), 0, None) ** 2
+        index = np.array(np.nonzero(weights > 0)).T
+        centre = (index * weights[weights > 0][:, None]).sum(0) / weights.sum()
+        return np.array(image.origin) + np.asarray(image.direction) @ (centre * image.spacing)
+
+    assert np.allclose(world_centre(small), world_centre(img), atol=0.2)
+    assert reg.coarse_copy(img, 0.5) is img  # nothing finer than 0.5 mm: unchanged
+
+
 def test_bad_inputs_raise_named_errors(tmp_path, atlas_path):
     with pytest.raises(InputError, match="subject s1.*t1"):
         preprocess_subject("s1", tmp_path, tmp_path / "out", atlas_path)
     with pytest.raises(ConfigError):
         preprocess_subject("s1", tmp_path, tmp_path / "out", atlas_path,
                            registration_backend="greedy")
+    with pytest.raises(ConfigError, match="registration_effort"):
+        preprocess_subject("s1", tmp_path, tmp_path / "out", atlas_path,
+                           registration_effort="sloppy")
     for seq in SEQUENCES:
         nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)),
                  str(tmp_path / f"{seq}.nii.gz"))

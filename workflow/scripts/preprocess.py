@@ -13,4 +13,5 @@ with step_log(snakemake.log[0], snakemake.wildcards.subject):
         atlas_transform=opts["atlas_transform"], write_n4=opts["write_n4"],
         skull_strip=opts["skull_strip"], brain_volume_ml=tuple(opts["brain_volume_ml"]),
         clip_percentiles=tuple(opts["clip_percentiles"]), space=opts["space"],
-        seed=opts["seed"], deterministic=opts["deterministic"])
+        seed=opts["seed"], deterministic=opts["deterministic"],
+        registration_effort=opts["registration_effort"])

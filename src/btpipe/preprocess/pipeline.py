@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,31 @@ OTHER_SEQUENCES = ("t1", "t2", "flair")
 # a 20-degree misregistration drops atlas NCC below 0.3).
 MIN_ATLAS_NCC = 0.3
 MIN_PAIR_MI = 0.15
-# The T1ce -> atlas search runs on a 2 mm version of the atlas grid: a 1 mm fine
-# level costs 8x as much (too slow for the 90 s budget on 2 cores), and thick-slice
-# native scans carry little beyond 2 mm through-plane.
-REGISTRATION_SPACING_MM = 2.0
+
+
+@dataclass(frozen=True)
+class RegistrationEffort:
+    """How hard the registrations search (``preprocess.registration_effort``).
+
+    ``spacing_mm``: the registrations run on copies no finer than this (a 1 mm
+    fine level costs 8x a 2 mm one, and thick-slice native scans carry little
+    beyond 2 mm through-plane). ``n4_fit_mm``: grid of the N4 bias fit.
+    """
+
+    spacing_mm: float
+    shrink: tuple
+    smooth: tuple
+    atlas_iterations: tuple
+    sequence_iterations: tuple
+    n4_fit_mm: float
+
+
+REGISTRATION_EFFORTS = {
+    "standard": RegistrationEffort(2.0, (4, 2, 1), (2, 1, 0), (500, 250, 100), (200, 100, 50), 4.0),
+    # For coarse output grids (the demo's 2-3 mm atlas grid): one level less and
+    # a 3 mm finest level; docs/preprocessing.md gives its cost and accuracy.
+    "fast": RegistrationEffort(3.0, (2, 1), (1, 0), (250, 100), (100, 50), 6.0),
+}
 
 
 class _Timer:
@@ -58,7 +80,10 @@ class _Timer:
             self.timings[name] = round(time.perf_counter() - t0, 2)
 
 
-def _check_options(registration_backend, atlas_transform, skull_strip, space):
+def _check_options(registration_backend, atlas_transform, skull_strip, space, effort):
+    if effort not in REGISTRATION_EFFORTS:
+        raise ConfigError(f"preprocess.registration_effort {effort!r} is not one of "
+                          f"{sorted(REGISTRATION_EFFORTS)}")
     if registration_backend != "ants":
         raise ConfigError(f"preprocess.registration_backend {registration_backend!r} is not "
                           "available: only 'ants' is implemented")
@@ -139,7 +164,8 @@ def _atlas_mask_to_native(atlas_img, t1ce, atlas_to_t1ce):
     return largest_component(warped.numpy() > 0.5)
 
 
-def _register_to_atlas(fixed, t1ce_n4, mask_arr, transform, seed, outprefix):
+def _register_to_atlas(fixed, t1ce_n4, mask_arr, transform, seed, outprefix,
+                       effort=REGISTRATION_EFFORTS["standard"]):
     """Skull-stripped N4 T1ce -> skull-stripped atlas; returns the .mat path.
 
     ``rigid`` runs an affine search and keeps its rigid part (polar
@@ -151,8 +177,9 @@ def _register_to_atlas(fixed, t1ce_n4, mask_arr, transform, seed, outprefix):
     mask = _mask_image(t1ce_n4, mask_arr)
     moving = reg._normalise_for_registration(t1ce_n4, mask)
     res = reg.rigid(fixed, moving, transform="Affine", metric="mattes", initial="com",
-                    shrink=(4, 2, 1), smooth=(2, 1, 0), iterations=(500, 250, 100),
-                    sampling=0.25, seed=seed, outprefix=outprefix)
+                    shrink=effort.shrink, smooth=effort.smooth,
+                    iterations=effort.atlas_iterations, sampling=0.25, seed=seed,
+                    outprefix=outprefix)
     affine = res["fwdtransforms"][0]
     if transform == "affine":
         return affine
@@ -176,7 +203,7 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
                        registration_backend="ants", atlas_transform="rigid", write_n4=False,
                        skull_strip="deepbet", brain_volume_ml=(700, 2200),
                        clip_percentiles=(0.5, 99.5), space="native", seed=0,
-                       deterministic=False) -> dict:
+                       deterministic=False, registration_effort="standard") -> dict:
     """Preprocess one subject into atlas space; returns the QC dict.
 
     Inputs: ``nifti_dir/{t1,t1ce,t2,flair}.nii.gz`` (native grids with skull,
@@ -189,7 +216,8 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
     ``write_n4`` also ``n4/{seq}.nii.gz`` (native grid). Every file is written
     atomically; qc.json last.
     """
-    _check_options(registration_backend, atlas_transform, skull_strip, space)
+    _check_options(registration_backend, atlas_transform, skull_strip, space,
+                   registration_effort)
     if not _seed_everything(seed, deterministic):
         # This process already ran ITK multithreaded (e.g. an earlier subject or a
         # caller's own ANTs work): only a fresh process can honour `deterministic`.
@@ -199,7 +227,7 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
             registration_backend=registration_backend, atlas_transform=atlas_transform,
             write_n4=write_n4, skull_strip=skull_strip, brain_volume_ml=tuple(brain_volume_ml),
             clip_percentiles=tuple(clip_percentiles), space=space, seed=seed,
-            deterministic=deterministic))
+            deterministic=deterministic, registration_effort=registration_effort))
     timer = _Timer()
     out_dir = Path(out_dir)
     with timer.step("load"):
@@ -208,6 +236,7 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
         "subject": subject, "space": space, "backend": registration_backend,
         "atlas_transform": atlas_transform, "skull_strip": skull_strip,
         "spacing_mm": float(spacing_mm), "seed": int(seed), "deterministic": bool(deterministic),
+        "registration_effort": registration_effort,
         "orientation_in": {s: reg.axcodes(images[s]) for s in SEQUENCES},
         "orientation_out": "LPS", "flags": [], "tool_versions": reg.tool_versions(),
     }
@@ -216,7 +245,8 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
                              clip_percentiles, brain_volume_ml, qc, timer)
     else:
         _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_transform,
-                        write_n4, skull_strip, brain_volume_ml, clip_percentiles, seed, qc, timer)
+                        write_n4, skull_strip, brain_volume_ml, clip_percentiles, seed, qc, timer,
+                        REGISTRATION_EFFORTS[registration_effort])
     qc["timings_s"] = timer.timings
     qc["timings_s"]["total"] = round(sum(timer.timings.values()), 2)
     write_json(out_dir / "qc.json", qc)
@@ -224,7 +254,8 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
 
 
 def _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_transform,
-                    write_n4, skull_strip, brain_volume_ml, clip_percentiles, seed, qc, timer):
+                    write_n4, skull_strip, brain_volume_ml, clip_percentiles, seed, qc, timer,
+                    effort):
     import ants
 
     tdir = out_dir / "transforms"
@@ -235,7 +266,7 @@ def _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_tran
             lps = {s: reg.to_lps(images[s]) for s in SEQUENCES}
             native = {s: reg.nib_to_ants(lps[s]) for s in SEQUENCES}
         with timer.step("n4"):
-            n4 = {s: reg.n4(native[s]) for s in SEQUENCES}
+            n4 = {s: reg.n4(native[s], fit_mm=effort.n4_fit_mm) for s in SEQUENCES}
         if write_n4:
             for s in SEQUENCES:
                 save_nifti(out_dir / "n4" / f"{s}.nii.gz", reg.ants_to_nib(n4[s]))
@@ -252,7 +283,7 @@ def _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_tran
                                         "problems": problems}
         with timer.step("register_atlas"):
             grid = target_grid(spacing_mm)
-            atlas_reg = atlas_grid(atlas_path, REGISTRATION_SPACING_MM)
+            atlas_reg = atlas_grid(atlas_path, effort.spacing_mm)
             fixed = reg._normalise_for_registration(
                 atlas_reg, _mask_image(atlas_reg, atlas_reg.numpy() > 0))
             if problems:
@@ -263,7 +294,7 @@ def _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_tran
                 reg.write_inverse(rough, work / "rough_inv.mat")
                 mask_arr = _atlas_mask_to_native(atlas_reg, t1ce, work / "rough_inv.mat")
             fwd = _register_to_atlas(fixed, n4["t1ce"], mask_arr, atlas_transform, seed,
-                                     work / "atlas_")
+                                     work / "atlas_", effort)
             reg.copy_transform(fwd, tdir / "t1ce_to_atlas.mat")
             reg.write_inverse(fwd, tdir / "atlas_to_t1ce.mat")
         mask_native = _mask_image(t1ce, mask_arr)
@@ -273,22 +304,26 @@ def _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_tran
             # the step took 69 s instead of 19 s on a demo subject, for transforms
             # within 0.03 deg / 0.17 mm of these (docs/preprocessing.md).
             fixed_seq = reg.coarse_copy(reg._normalise_for_registration(n4["t1ce"]),
-                                        REGISTRATION_SPACING_MM)
+                                        effort.spacing_mm)
             reg_mask = ants.resample_image_to_target(ants.iMath(mask_native, "MD", 3), fixed_seq,
+                                                     interp_type="nearestNeighbor")
+            # QC similarity on the registration grid: on the native 1 mm grid it cost
+            # 2-3 s per sequence, more than the registration itself.
+            sim_mask = ants.resample_image_to_target(mask_native, fixed_seq,
                                                      interp_type="nearestNeighbor")
             pair_sim = {}
             for s in OTHER_SEQUENCES:
                 moving = reg.coarse_copy(reg._normalise_for_registration(n4[s]),
-                                         REGISTRATION_SPACING_MM)
+                                         effort.spacing_mm)
                 res = reg.rigid(fixed_seq, moving,
                                 transform="Rigid", metric="mattes", initial="identity",
-                                fixed_mask=reg_mask, shrink=(4, 2, 1), smooth=(2, 1, 0),
-                                iterations=(200, 100, 50), sampling=0.25, seed=seed,
+                                fixed_mask=reg_mask, shrink=effort.shrink, smooth=effort.smooth,
+                                iterations=effort.sequence_iterations, sampling=0.25, seed=seed,
                                 outprefix=work / f"{s}_")
                 reg.copy_transform(res["fwdtransforms"][0], tdir / f"{s}_to_t1ce.mat")
-                warped = ants.apply_transforms(t1ce, n4[s], [str(tdir / f"{s}_to_t1ce.mat")],
+                warped = ants.apply_transforms(fixed_seq, moving, res["fwdtransforms"],
                                                interpolator="linear")
-                pair_sim[f"{s}_to_t1ce"] = reg.similarity(n4["t1ce"], warped, mask_native)
+                pair_sim[f"{s}_to_t1ce"] = reg.similarity(fixed_seq, warped, sim_mask)
 
         with timer.step("resample"):
             grid = target_grid(spacing_mm)

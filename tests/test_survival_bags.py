@@ -144,6 +144,47 @@ def test_pretext_pretraining_sees_only_given_bags(cohort):
     assert len(log["loss"]) == 2 and np.isfinite(log["loss"]).all()
 
 
+def test_bag_models_share_one_pretraining_per_fold_without_changing_results(cohort, tmp_path):
+    """The second bag model loads each fold's pre-trained encoder from the cache, and
+    its predictions equal those of the same model trained with no cache."""
+    paths, y, ids, folds = cohort
+    params = {"model_params": {m: TINY for m in ("bag_mean_cox", "bag_attention_mil")},
+              "n_permutations": 10}
+    cache = tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run_bag_model("bag_mean_cox", paths, y, ids, folds, tmp_path / "a", params, pretrain_cache=cache)
+        shared = run_bag_model("bag_attention_mil", paths, y, ids, folds, tmp_path / "a", params,
+                               pretrain_cache=cache)
+        alone = run_bag_model("bag_attention_mil", paths, y, ids, folds, tmp_path / "b", params)
+    assert len(list(cache.glob("*.pt"))) == len(folds) + 1  # each fold and the final fit
+    first = read_json(tmp_path / "a/bag_mean_cox/card.json")
+    second = read_json(tmp_path / "a/bag_attention_mil/card.json")
+    assert not any(info["pretrain_cached"] for info in first["fold_training"])
+    assert all(info["pretrain_cached"] for info in second["fold_training"])
+    for f, info in zip(folds, second["fold_training"]):
+        assert set(info["pretrain_subjects"]) == set(f["train_ids"])
+    assert np.allclose(shared["risk"], alone["risk"], atol=1e-5)
+
+
+def test_bag_model_scores_held_out_subjects_it_never_saw(cohort, tmp_path):
+    paths, y, ids, _ = cohort
+    hold, dev = ids[:2], np.arange(2, len(ids))
+    folds = make_folds(y[dev], 2, 1, 0, ids[dev])
+    params = {"model_params": {"bag_mean_cox": TINY}, "n_permutations": 10}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pred = run_bag_model("bag_mean_cox", paths, y, ids, folds, tmp_path, params,
+                             holdout_ids=hold)
+    assert not set(pred["subject"]) & set(hold)
+    held = pd.read_parquet(tmp_path / "bag_mean_cox/holdout_predictions.parquet")
+    assert list(held["subject"]) == list(hold) and (held["n_folds"] == 2).all()
+    assert held["risk"].between(0, 1).all()  # mean percentile among training risks
+    card = read_json(tmp_path / "bag_mean_cox/card.json")
+    assert card["n"] == len(dev) and card["n_holdout"] == 2
+    assert not set(card["final_training"]["pretrain_subjects"]) & set(hold)
+
+
 # ---------------------------------------------------------------- end to end
 
 

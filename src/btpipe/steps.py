@@ -235,15 +235,14 @@ def survival_image_model_step(name, table_path, folds_path, survival, seed, out_
 
     _, y, ids = survival_inputs(table_path, survival)[:3]
     folds, holdout = read_folds(folds_path)
-    # Image models do not score a held-out part yet; they must not train on it either.
-    keep = ~np.isin(np.asarray(ids, str), holdout)
-    y, ids = y[keep], np.asarray(ids)[keep]
     if MODELS[name].input == "bags":
         paths = {s: str(Path(results_dir) / "subjects" / s / "slices.npz") for s in ids}
-        run_bag_model(name, paths, y, ids, folds, out_dir, survival, seed)
+        run_bag_model(name, paths, y, ids, folds, out_dir, survival, seed,
+                      pretrain_cache=Path(results_dir) / "work" / "encoder_pretraining",
+                      holdout_ids=holdout)
     else:
         run_volume_model(name, default_volume_paths(results_dir, ids), y, ids, folds, out_dir,
-                         survival, seed)
+                         survival, seed, holdout_ids=holdout)
 
 
 def survival_summary_step(model_dirs, out_dir, table_path, survival, seed):

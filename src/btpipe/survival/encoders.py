@@ -26,6 +26,10 @@ The subjects a pre-training saw are returned, so callers can prove no test subje
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -229,3 +233,52 @@ def encode_images(encoder: SliceEncoder, images: np.ndarray, device="cpu", amp=T
             with autocast(device, amp):
                 out.append(encoder(x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, encoder.out_dim), np.float32)
+
+
+def pretraining_key(encoder: SliceEncoder, bags, settings: dict) -> str:
+    """Digest of everything a pre-training result depends on: the encoder's initial
+    weights, the pretext data (images, planes, areas of every slice) and ``settings``
+    (epochs, learning rate, batch size, seed, device type, precision)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    for array in pretext_targets(bags):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def pretrain_encoder_cached(encoder: SliceEncoder, bags, cache_dir=None, epochs=2, lr=1e-3,
+                            batch_size=32, device="cpu", amp=True, seed=0) -> dict:
+    """:func:`pretrain_encoder`, reusing an earlier identical run saved in ``cache_dir``.
+
+    Every slice-bag model of a lab run pre-trains the same encoder on the same fold with
+    the same seed; the first one saves the weights under a key of all the inputs
+    (:func:`pretraining_key`) and the others load them instead of training again. The
+    returned dict adds ``cached`` (True when loaded). ``cache_dir=None`` always trains.
+    """
+    torch = _torch()
+    from ..io import torch_save
+
+    def train() -> dict:
+        # Forked RNG: the pretext head's initialisation must not shift the global
+        # stream, or a model would train differently after a cache hit.
+        with torch.random.fork_rng(devices=[]):
+            return pretrain_encoder(encoder, bags, epochs, lr, batch_size, device, amp, seed)
+
+    if cache_dir is None or int(epochs) <= 0:
+        return {**train(), "cached": False}
+    device = resolve_device(device)
+    settings = {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
+                "seed": int(seed), "device": device.type, "amp": bool(amp)}
+    path = Path(cache_dir) / f"{pretraining_key(encoder, bags, settings)}.pt"
+    if path.exists():
+        saved = torch.load(path, map_location=device, weights_only=False)
+        encoder.load_state_dict(saved["state"])
+        encoder.to(device)
+        encoder.eval()
+        return {**saved["info"], "cached": True}
+    info = train()
+    torch_save(path, {"state": {k: v.cpu() for k, v in encoder.state_dict().items()},
+                      "info": info})
+    return {**info, "cached": False}

@@ -393,8 +393,10 @@ class BagSurvivalModel:
         else:
             n_out = 1
         self._build(bags[0].channels, n_out)
-        pre = E.pretrain_encoder(self.encoder_, bags, self.pretrain_epochs, self.pretrain_lr,
-                                 self.pretrain_batch_size, self.device_, self.amp, seed)
+        # pretrain_cache_: a folder shared by the lab's bag models (set by run_subject_model).
+        pre = E.pretrain_encoder_cached(self.encoder_, bags, getattr(self, "pretrain_cache_", None),
+                                        self.pretrain_epochs, self.pretrain_lr,
+                                        self.pretrain_batch_size, self.device_, self.amp, seed)
         pretrain_s = _time.time() - started
         self._cache = {}
         # Slice-feature standardisation from the training slices (frozen state after pre-training).
@@ -436,6 +438,7 @@ class BagSurvivalModel:
             self.baseline_times_, self.baseline_cumhaz_ = breslow_baseline(train_out[:, 0], time, event)
         self.fit_info_ = {"pretrain_subjects": pre["subjects"], "pretrain_loss": pre["loss"],
                           "pretrain_plane_accuracy": pre["plane_accuracy"], "pretrain_seconds": pretrain_s,
+                          "pretrain_cached": pre["cached"],
                           "train_seconds": _time.time() - started - pretrain_s,
                           "encoder_parameters": int(sum(p.numel() for p in self.encoder_.parameters())),
                           "encoder_trainable_parameters": int(n_trainable),
@@ -585,16 +588,20 @@ def fit_fold(make_model, inputs, y, train, test, horizons):
 
 
 def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0, input_kind="bags",
-                      model_class=None) -> pd.DataFrame:
+                      pretrain_cache=None, holdout_ids=()) -> pd.DataFrame:
     """Cross-validate a registered subject-input model (slice bags or volumes) and fit it on all.
 
     ``inputs`` {subject: model input}; the rest as :func:`btpipe.survival.lab.run_model`. Writes
     under ``out_dir/name``: predictions.parquet, fold_metrics.parquet, card.json, final.pt and,
     for attention models, attention.parquet (test-fold weights: subject, repeat, fold, query,
     plane, slice_index, relative_position, is_anchor, weight). Returns the predictions.
+    ``pretrain_cache``: a folder where slice-bag models share identical encoder pre-trainings
+    (:func:`btpipe.survival.encoders.pretrain_encoder_cached`). ``holdout_ids`` (subjects no
+    fold trains on) are scored by every fold model as in :func:`btpipe.survival.lab.run_model`
+    (holdout_predictions.parquet, holdout_metrics.parquet) and left out of the final model.
     """
-    from .lab import _prediction_frame, fold_failed, fold_tables, library_versions, resolve_params, \
-        score_fold
+    from .lab import _prediction_frame, fold_failed, fold_tables, holdout_tables, \
+        library_versions, resolve_params, risk_percentiles, score_fold
     from .models import MODELS, build_model, model_options
 
     params = resolve_params(params)
@@ -602,17 +609,25 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
     ids = np.asarray([str(i) for i in ids])
     position = {s: i for i, s in enumerate(ids)}
     listed = [inputs[s] for s in ids]
+    hold = np.asarray([position[str(s)] for s in holdout_ids], dtype=int)
     horizons = [float(h) for h in params["horizons_days"]]
 
     def make():
-        return build_model(name, params, (), seed)
+        model = build_model(name, params, (), seed)
+        if pretrain_cache is not None:
+            model.pretrain_cache_ = str(pretrain_cache)
+        return model
 
     pred_frames, metric_rows, fold_errors, fold_info, attention = [], [], [], [], []
+    hold_percentiles = []
     for f in folds:
         train = np.asarray([position[s] for s in f["train_ids"]])
         test = np.asarray([position[s] for s in f["test_ids"]])
         try:
             model, train_out, test_out = fit_fold(make, listed, y, train, test, horizons)
+            if len(hold):
+                hold_risk = model.predict([listed[i] for i in hold])
+                hold_percentiles.append(risk_percentiles(hold_risk, train_out["risk"]))
             for metric, horizon, value in score_fold(name, y[train], y[test], train_out, test_out, params):
                 metric_rows.append((name, f["repeat"], f["fold"], metric, horizon, value))
             fold_info.append({"repeat": f["repeat"], "fold": f["fold"], **model.fit_info_})
@@ -630,7 +645,12 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
         pred_frames.append(_prediction_frame(name, f, ids[test], y[test], train_out, test_out, horizons))
     predictions, metrics = fold_tables(pred_frames, metric_rows)
     model_dir = Path(out_dir) / name
-    final = make().fit(listed, y)
+    if len(hold_percentiles):
+        hold_pred, hold_metrics = holdout_tables(name, ids[hold], y[hold], hold_percentiles)
+        write_parquet(model_dir / "holdout_predictions.parquet", hold_pred)
+        write_parquet(model_dir / "holdout_metrics.parquet", hold_metrics)
+    dev = np.setdiff1d(np.arange(len(ids)), hold)
+    final = make().fit([listed[i] for i in dev], y[dev])
     torch_save(model_dir / "final.pt", {"name": name, "input": input_kind, "model": final.bundle(),
                                         "horizons_days": horizons, "btpipe": __version__})
     if getattr(final, "has_attention", False):
@@ -640,8 +660,9 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
     write_parquet(model_dir / "fold_metrics.parquet", metrics)
     write_json(model_dir / "card.json", {
         "model": name, "description": spec.description, "input": input_kind,
-        "hyperparameters": _plain(model_options(name, params)), "seed": int(seed), "n": int(len(y)),
-        "n_events": int(np.sum(y["event"])), "folds": int(max(f["fold"] for f in folds) + 1),
+        "hyperparameters": _plain(model_options(name, params)), "seed": int(seed),
+        "n": int(len(dev)), "n_holdout": int(len(hold)), "n_events": int(np.sum(y[dev]["event"])),
+        "folds": int(max(f["fold"] for f in folds) + 1),
         "repeats": int(max(f["repeat"] for f in folds) + 1), "fold_errors": fold_errors,
         "fold_training": _plain(fold_info), "final_training": _plain(final.fit_info_),
         "predicts_days": spec.predicts_days, "survival_function": spec.survival_function,
@@ -650,7 +671,8 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
     return predictions
 
 
-def run_bag_model(name, bag_paths: dict, y, ids, folds, out_dir, params, seed=0) -> pd.DataFrame:
+def run_bag_model(name, bag_paths: dict, y, ids, folds, out_dir, params, seed=0,
+                  pretrain_cache=None, holdout_ids=()) -> pd.DataFrame:
     """Cross-validate a slice-bag model (``models.MODELS[name].input == 'bags'``).
 
     ``bag_paths`` {subject: path to slices.npz} must cover ``ids``; the bags are read once,
@@ -662,7 +684,8 @@ def run_bag_model(name, bag_paths: dict, y, ids, folds, out_dir, params, seed=0)
         raise ConfigError(f"{name!r} is not a slice-bag survival model")
     options = model_options(name, params)
     bags = load_bags(bag_paths, ids, size=options["size"], channels=options["channels"])
-    return run_subject_model(name, bags, y, ids, folds, out_dir, params, seed, input_kind="bags")
+    return run_subject_model(name, bags, y, ids, folds, out_dir, params, seed, input_kind="bags",
+                             pretrain_cache=pretrain_cache, holdout_ids=holdout_ids)
 
 
 def load_final(path, device="cpu"):

@@ -219,7 +219,8 @@ class VolumeSurvivalModel:
         return model
 
 
-def run_volume_model(name, volume_paths: dict, y, ids, folds, out_dir, params, seed=0):
+def run_volume_model(name, volume_paths: dict, y, ids, folds, out_dir, params, seed=0,
+                     holdout_ids=()):
     """Cross-validate a 3-D comparator (``models.MODELS[name].input == 'volumes'``).
 
     ``volume_paths`` {subject: [t1, t1ce, t2, flair] NIfTI paths (None = missing sequence)};
@@ -231,4 +232,5 @@ def run_volume_model(name, volume_paths: dict, y, ids, folds, out_dir, params, s
         raise ConfigError(f"{name!r} is not a 3D volume survival model")
     options = model_options(name, params)
     volumes = load_volumes(volume_paths, ids, options["size"], options["crop"])
-    return run_subject_model(name, volumes, y, ids, folds, out_dir, params, seed, input_kind="volumes")
+    return run_subject_model(name, volumes, y, ids, folds, out_dir, params, seed, input_kind="volumes",
+                             holdout_ids=holdout_ids)

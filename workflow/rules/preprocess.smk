@@ -40,7 +40,7 @@ rule preprocess_subject:
         f"{R}/logs/preprocess_subject/{{subject}}.log",
     benchmark:
         f"{R}/benchmarks/preprocess_subject/{{subject}}.tsv"
-    threads: 2
+    threads: config["threads"]["preprocess"]
     resources:
         **step_resources("preprocess_subject"),
     conda:

@@ -88,7 +88,7 @@ rule seg_train:
         f"{R}/logs/seg_train/{{fold}}.log",
     benchmark:
         f"{R}/benchmarks/seg_train/{{fold}}.tsv"
-    threads: 2
+    threads: config["threads"]["seg_train"]
     resources:
         **step_resources("seg_train"),
     conda:
@@ -115,7 +115,7 @@ rule segment_subject:
         f"{R}/logs/segment_subject/{{subject}}.log",
     benchmark:
         f"{R}/benchmarks/segment_subject/{{subject}}.tsv"
-    threads: 2
+    threads: config["threads"]["segment"]
     resources:
         **step_resources("segment_subject"),
     conda:

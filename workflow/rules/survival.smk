@@ -113,7 +113,7 @@ rule survival_image_model:
         f"{R}/logs/survival_model/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/survival_model/{{model}}.tsv"
-    threads: 2
+    threads: config["threads"]["survival_image_model"]
     resources:
         **step_resources("survival_model"),
     conda:

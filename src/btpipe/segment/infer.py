@@ -78,7 +78,7 @@ def ensemble_probabilities(models, image, params, device):
         roi = inference_window(model.roi_size, params, image.shape[1:])
         for axes in flips:
             prob = sliding_window_probabilities(module, x, roi, device, overlap=params.get("overlap", 0.5),
-                                                sw_batch_size=params.get("sw_batch_size", 1),
+                                                sw_batch_size=params.get("sw_batch_size", 2),
                                                 flip_axes=axes).astype(np.float64)
             total = prob if total is None else total + prob
             total_sq = prob ** 2 if total_sq is None else total_sq + prob ** 2
@@ -93,7 +93,7 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
 
     model_paths: a path or list of btpipe model.pt / MONAI-bundle state dicts.
     image_paths: [t1, t1ce, t2, flair] normalised NIfTI files on one grid.
-    params: overlap (0.5), sw_batch_size (1), tta (False), inference_roi
+    params: overlap (0.5), sw_batch_size (2), tta (False), inference_roi
     (None = the checkpoint's window; a size [x, y, z] or "full"), et_min_volume_mm3 (0),
     device ('auto'), plus loader options for raw state dicts (channel_order,
     region_order). Writes out_dir/seg.nii.gz, prob.nii.gz, uncertainty.nii.gz.

@@ -55,7 +55,7 @@ DEFAULTS = {
     "deterministic": False,
     "normalize": True,
     "cache_rate": 1.0,
-    "sw_batch_size": 1,
+    "sw_batch_size": 2,  # a batch of 1 window runs ~7x slower per window on CPU
     "overlap": 0.5,
     "keep_checkpoints": False,  # keep work_dir checkpoints after a finished run
 }
@@ -196,8 +196,7 @@ def validate(module, val_data, params, device) -> dict:
     scores = {r: [] for r in REGIONS}
     module.eval()
     for image, regions in val_data:
-        # The same windows as inference: with inference_roi 'full' one pass per volume
-        # (on CPU 20x faster than 48^3 windows at overlap 0.5).
+        # The same windows as inference (inference_roi, else the patch size).
         roi = inference_window(params["roi_size"], params, image.shape[1:])
         prob = sliding_window_probabilities(module, image, roi, device,
                                             overlap=params["overlap"], sw_batch_size=params["sw_batch_size"])

@@ -261,9 +261,11 @@ def pretrain_encoder_cached(encoder: SliceEncoder, bags, cache_dir=None, epochs=
     from ..io import torch_save
 
     def train() -> dict:
-        # Forked RNG: the pretext head's initialisation must not shift the global
-        # stream, or a model would train differently after a cache hit.
+        # A forked, seeded RNG: the pretext head's initialisation depends only on the
+        # seed (not on what the calling model drew before), and the caller's stream
+        # does not move, so a model trains the same after a cache hit.
         with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
             return pretrain_encoder(encoder, bags, epochs, lr, batch_size, device, amp, seed)
 
     if cache_dir is None or int(epochs) <= 0:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +23,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from record import replace_section  # noqa: E402
+from record import benchmark_records, replace_section, timed_snakemake  # noqa: E402
 
 
 def absolute_resources(config: dict) -> dict:
@@ -39,20 +37,11 @@ def run(workdir: Path, cores: int, subjects: int) -> float:
     config = absolute_resources(config)
     config["demo"]["subjects"] = subjects
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"),
-           "-d", str(workdir), "--cores", str(cores)]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=open(workdir / "snakemake.out", "w"),
-                   stderr=subprocess.STDOUT)
-    return time.perf_counter() - start
+    return timed_snakemake(workdir, "snakemake.out", "--cores", str(cores))
 
 
 def per_rule_times(results: Path) -> pd.DataFrame:
-    rows = []
-    for tsv in results.glob("benchmarks/*/*.tsv"):
-        rec = pd.read_csv(tsv, sep="\t").iloc[0]
-        rows.append({"rule": tsv.parent.name, "s": rec["s"], "max_rss_mb": rec["max_rss"]})
-    frame = pd.DataFrame(rows)
+    frame = benchmark_records(results)
     return frame.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"),
                                      median_s=("s", "median"), max_rss_mb=("max_rss_mb", "max"))
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,20 +23,15 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 from bench_demo import per_rule_times  # noqa: E402
 from pipeline_helpers import write_config  # noqa: E402
-from record import replace_section  # noqa: E402
-
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+from record import replace_section, timed_snakemake  # noqa: E402
 
 
 def run(cores: int) -> tuple[float, Path]:
     workdir = Path(tempfile.mkdtemp(prefix=f"btpipe-scaling-{cores}-"))
     write_config(workdir, {"deterministic": False})
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", str(cores)]
-    start = time.perf_counter()
-    with open(workdir / "snakemake.out", "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return time.perf_counter() - start, workdir
+    wall = timed_snakemake(workdir, "snakemake.out", "--configfile",
+                           str(workdir / "config.yaml"), "--cores", str(cores))
+    return wall, workdir
 
 
 def main() -> None:

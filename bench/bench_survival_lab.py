@@ -15,9 +15,7 @@ import argparse
 import datetime
 import platform
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,28 +24,21 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 LAB_MODELS = REPO / "resources/survival/lab_models.yaml"
 sys.path.insert(0, str(REPO / "bench"))
-from record import replace_section  # noqa: E402
+from record import benchmark_records, replace_section, timed_snakemake  # noqa: E402
 
 
 def run_lab(workdir: Path, cores: int) -> float:
     results = workdir / "results"
     shutil.rmtree(results / "survival", ignore_errors=True)
     shutil.rmtree(results / "work" / "encoder_pretraining", ignore_errors=True)
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"),
-           "-d", str(workdir), "--cores", str(cores),
-           "--configfile", str(workdir / "config.yaml"), str(LAB_MODELS), "--", "survival"]
-    start = time.perf_counter()
-    with open(workdir / "snakemake_lab.out", "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return time.perf_counter() - start
+    return timed_snakemake(workdir, "snakemake_lab.out", "--cores", str(cores), "--configfile",
+                           str(workdir / "config.yaml"), str(LAB_MODELS), "--", "survival")
 
 
 def model_table(results: Path) -> pd.DataFrame:
-    rows = []
-    for tsv in sorted((results / "benchmarks/survival_model").glob("*.tsv")):
-        rec = pd.read_csv(tsv, sep="\t").iloc[0]
-        rows.append({"model": tsv.stem, "job_s": rec["s"], "max_rss_mb": rec["max_rss"]})
-    table = pd.DataFrame(rows).set_index("model")
+    jobs = benchmark_records(results, "survival_model")
+    table = jobs.rename(columns={"job": "model", "s": "job_s"}).set_index("model")[
+        ["job_s", "max_rss_mb"]]
     metrics = pd.read_parquet(results / "survival/metrics.parquet")
     c = metrics[metrics.metric == "c_harrell"].groupby("model").value
     table["c_harrell_mean"] = c.mean()

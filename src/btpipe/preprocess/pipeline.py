@@ -164,8 +164,7 @@ def _atlas_mask_to_native(atlas_img, t1ce, atlas_to_t1ce):
     return largest_component(warped.numpy() > 0.5)
 
 
-def _register_to_atlas(fixed, t1ce_n4, mask_arr, transform, seed, outprefix,
-                       effort=REGISTRATION_EFFORTS["standard"]):
+def _register_to_atlas(fixed, t1ce_n4, mask_arr, transform, seed, outprefix, effort):
     """Skull-stripped N4 T1ce -> skull-stripped atlas; returns the .mat path.
 
     ``rigid`` runs an affine search and keeps its rigid part (polar

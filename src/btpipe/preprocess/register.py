@@ -86,6 +86,8 @@ def coarse_copy(img, mm):
     that do not fill a block are dropped. Block means anti-alias, and cost a
     tenth of ITK's resampling of a 1 mm volume.
     """
+    import ants
+
     factors = [max(1, int(round(mm / float(s)))) for s in img.spacing]
     if factors == [1, 1, 1]:
         return img
@@ -97,8 +99,6 @@ def coarse_copy(img, mm):
     spacing = np.array(img.spacing) * factors
     # Block centre: half a block minus half a voxel along each index axis.
     shift = np.asarray(img.direction) @ ((np.array(factors) - 1) / 2.0 * np.array(img.spacing))
-    import ants
-
     return ants.from_numpy(np.ascontiguousarray(small),
                            origin=tuple(float(v) for v in np.array(img.origin) + shift),
                            spacing=tuple(float(v) for v in spacing), direction=img.direction)

@@ -205,9 +205,7 @@ def run_model(name, X, y, ids, folds, out_dir, params, seed=0, holdout_ids=()) -
     predictions, metrics = fold_tables(pred_frames, metric_rows)
     model_dir = Path(out_dir) / name
     if len(hold):
-        hold_pred, hold_metrics = holdout_tables(name, ids[hold], y[hold], hold_percentiles)
-        write_parquet(model_dir / "holdout_predictions.parquet", hold_pred)
-        write_parquet(model_dir / "holdout_metrics.parquet", hold_metrics)
+        write_holdout(model_dir, name, ids[hold], y[hold], hold_percentiles)
     dev = np.setdiff1d(np.arange(len(ids)), hold)
     final = build_model(name, params, covariates, seed).fit(X.iloc[dev], y[dev])
     bundle = {"name": name, "pipeline": final, "columns": list(X.columns),
@@ -252,6 +250,13 @@ def holdout_tables(name, hold_ids, y_hold, percentiles):
             (name, -1, -1, "hr", None, hr), (name, -1, -1, "logrank_p", None, p),
             (name, -1, -1, "n", None, float(len(hold_ids)))]
     return predictions, metric_table(rows)
+
+
+def write_holdout(model_dir, name, hold_ids, y_hold, percentiles) -> None:
+    """holdout_predictions.parquet and holdout_metrics.parquet (:func:`holdout_tables`)."""
+    predictions, metrics = holdout_tables(name, hold_ids, y_hold, percentiles)
+    write_parquet(Path(model_dir) / "holdout_predictions.parquet", predictions)
+    write_parquet(Path(model_dir) / "holdout_metrics.parquet", metrics)
 
 
 def _prediction_frame(name, fold, test_ids, y_test, train_out, test_out, horizons):

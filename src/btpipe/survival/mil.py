@@ -600,8 +600,8 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
     fold trains on) are scored by every fold model as in :func:`btpipe.survival.lab.run_model`
     (holdout_predictions.parquet, holdout_metrics.parquet) and left out of the final model.
     """
-    from .lab import _prediction_frame, fold_failed, fold_tables, holdout_tables, \
-        library_versions, resolve_params, risk_percentiles, score_fold
+    from .lab import _prediction_frame, fold_failed, fold_tables, library_versions, \
+        resolve_params, risk_percentiles, score_fold, write_holdout
     from .models import MODELS, build_model, model_options
 
     params = resolve_params(params)
@@ -646,9 +646,7 @@ def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0
     predictions, metrics = fold_tables(pred_frames, metric_rows)
     model_dir = Path(out_dir) / name
     if len(hold_percentiles):
-        hold_pred, hold_metrics = holdout_tables(name, ids[hold], y[hold], hold_percentiles)
-        write_parquet(model_dir / "holdout_predictions.parquet", hold_pred)
-        write_parquet(model_dir / "holdout_metrics.parquet", hold_metrics)
+        write_holdout(model_dir, name, ids[hold], y[hold], hold_percentiles)
     dev = np.setdiff1d(np.arange(len(ids)), hold)
     final = make().fit([listed[i] for i in dev], y[dev])
     torch_save(model_dir / "final.pt", {"name": name, "input": input_kind, "model": final.bundle(),

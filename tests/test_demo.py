@@ -16,6 +16,7 @@ import pydicom
 import pytest
 
 from btpipe.demo import layout
+from btpipe.demo.anatomy import cached_template_head
 from btpipe.demo.clinical import (CENSOR_DAYS, MEDIAN_DAYS, TRUE_COEFFICIENTS, WEIBULL_SHAPE,
                                   draw_clinical, features, linear_predictor)
 from btpipe.demo.dicom import PLANTED_PHI
@@ -275,7 +276,12 @@ def test_flair_shows_edema_on_its_own_grid(cohort, tmp_path):
 def test_same_seed_same_bytes_other_seed_differs(cohort, tmp_path):
     out, _ = cohort
     subject = layout.subject_ids(N_SUBJECTS)[1]
-    again = make_subject(tmp_path / "again", subject, 1, seed=0, voxel_scale=SCALE)
+    # The rerun reads the template head from a stored copy, as parallel demo jobs do.
+    cached_template_head(tmp_path / "cache")
+    cached_template_head.cache_clear()
+    assert len(list((tmp_path / "cache").glob("template_head_*.npz"))) == 1
+    again = make_subject(tmp_path / "again", subject, 1, seed=0, voxel_scale=SCALE,
+                         template_cache=tmp_path / "cache")
     assert again == json.loads(layout.truth_files(out, subject)["info"].read_text())
     first = sorted(p.relative_to(layout.dicom_dir(out, subject))
                    for p in layout.dicom_dir(out, subject).rglob("*.dcm"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -170,3 +171,20 @@ def test_atomic_write_survives_kill(tmp_path):
     leftovers = [p for p in tmp_path.iterdir()]
     # The orphan temp file is hidden (.tmp-*), never under the target's name.
     assert all(p.name.startswith(io.TMP_PREFIX) for p in leftovers)
+
+
+def test_file_lock_makes_a_second_process_wait(tmp_path):
+    """The pre-training cache relies on this: a job waits while another holds the lock."""
+    lock, log = tmp_path / "key.lock", tmp_path / "order.txt"
+    code = ("import sys, time\n"
+            "from btpipe import io\n"
+            f"with io.file_lock({str(lock)!r}):\n"
+            f"    open({str(log)!r}, 'a').write(sys.argv[1] + ' in\\n')\n"
+            "    time.sleep(float(sys.argv[2]))\n"
+            f"    open({str(log)!r}, 'a').write(sys.argv[1] + ' out\\n')\n")
+    first = subprocess.Popen([sys.executable, "-c", code, "a", "1.5"])
+    while not log.exists():
+        time.sleep(0.02)
+    second = subprocess.Popen([sys.executable, "-c", code, "b", "0"])
+    assert first.wait() == 0 and second.wait() == 0
+    assert log.read_text().split("\n")[:4] == ["a in", "a out", "b in", "b out"]

@@ -83,6 +83,23 @@ def test_training_learns_and_writes_model(trained, cohort):
     assert not list((path.parent / "work").glob("checkpoint_*.pt"))  # cleaned after success
 
 
+def test_training_draws_leave_the_cached_volumes_untouched(cohort):
+    """The cache is not deep-copied per draw, so no augmentation may write into it."""
+    from btpipe.segment import data as sdata
+
+    dataset = sdata.make_train_dataset(cohort[:2], [16, 16, 16])
+    cached = [{k: np.array(v, copy=True) for k, v in item.items() if k != "subject"} for item in dataset._cache]
+    first = [sdata.make_batch(dataset, step, 2, seed=3)[:2] for step in range(1, 25)]
+    again = [sdata.make_batch(dataset, step, 2, seed=3)[:2] for step in range(1, 25)]
+    for item, before in zip(dataset._cache, cached):
+        for key, value in before.items():
+            np.testing.assert_array_equal(np.asarray(item[key]), value, err_msg=key)
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(first, again))
+    # Crops are centred on tumour about 2 times in 3 (pos_fraction).
+    centred_on_tumour = np.mean([float(lbl[i, 0, 8, 8, 8]) for _, lbl in first for i in range(2)])
+    assert 0.45 < centred_on_tumour < 0.9
+
+
 @pytest.mark.slow
 def test_resume_after_interruption_is_bit_identical(cohort, tmp_path):
     params = {"init_filters": 8, "roi_size": [16, 16, 16], "batch_size": 2, "max_steps": 6,

@@ -47,6 +47,30 @@ def atomic_path(path, suffix=None):
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path):
+    """Hold an exclusive advisory lock on `path` (created if missing) while inside.
+
+    Jobs on one machine wait for each other; where the file system does not
+    support flock (some network mounts) the lock is skipped, at the cost of
+    duplicated work, never wrong results.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

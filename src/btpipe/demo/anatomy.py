@@ -9,13 +9,16 @@ float32 volume on a (bottom-padded) template grid, a mixture of tissue
 classes with contrast-specific intensities; tumours are added later, per
 subject, in `tumour.py`.
 
-Everything here is computed once per process (`template_head()` is cached).
+Everything here is computed once per process (`template_head()` is cached)
+and, given a cache folder, once per cohort (`cached_template_head`).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -207,3 +210,29 @@ def template_head() -> TemplateHead:
     depth = (ndimage.distance_transform_edt(brain[::2, ::2, ::2] > 0.5) * 2).astype(np.float32)
     return TemplateHead(volumes=volumes, brain=brain, wm=wm.astype(np.float32),
                         csf=csf.astype(np.float32), depth=depth, affine=affine)
+
+
+def _template_key() -> str:
+    """Changes when the code that builds the head changes (this file)."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=2)
+def cached_template_head(cache_dir) -> TemplateHead:
+    """template_head(), stored once under cache_dir (uncompressed, ~300 MB).
+
+    Each demo subject runs in its own Snakemake job: loading the stored head
+    takes well under a second where building it takes ~8 s. Concurrent first
+    jobs may both build it; the atomic write keeps the file whole.
+    """
+    from ..io import atomic_path
+
+    path = Path(cache_dir) / f"template_head_{_template_key()}.npz"
+    if not path.exists():
+        head = template_head()
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **{f.name: getattr(head, f.name) for f in fields(TemplateHead)})
+        return head
+    with np.load(path) as stored:
+        return TemplateHead(**{f.name: stored[f.name] for f in fields(TemplateHead)})
+

@@ -32,7 +32,7 @@ from ..errors import InputError
 from . import layout
 from .acquisition import (VENDORS, bias_field, draw_motion, draw_pose, draw_warp,
                           finish_image, make_grid, render)
-from .anatomy import template_head
+from .anatomy import cached_template_head, template_head
 from .clinical import TRUE_COEFFICIENTS, draw_clinical  # noqa: F401  (re-exported)
 from .dicom import PLANTED_PHI, uid, write_series  # noqa: F401  (re-exported)
 from .tumour import make_tumour
@@ -48,12 +48,16 @@ def _streams(seed: int, index: int) -> dict:
     return {name: np.random.default_rng(child) for name, child in zip(_STREAMS, children)}
 
 
-@functools.lru_cache(maxsize=1)
-def _template_tensor():
+def _head(cache_dir=None):
+    return template_head() if cache_dir is None else cached_template_head(str(cache_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _template_tensor(cache_dir=None):
     """The four contrasts and the brain mask as one torch tensor [1, 5, X, Y, Z]."""
     import torch
 
-    head = template_head()
+    head = _head(cache_dir)
     stacked = np.concatenate([head.volumes, head.brain[None]], axis=0)
     return torch.from_numpy(np.ascontiguousarray(stacked))[None]
 
@@ -122,7 +126,7 @@ def _acquire(head, tensor, protocol, pose, warp, tumour, motion, rng, noise_seed
 
 
 def make_subject(out_dir, subject: str, index: int, seed: int = 0,
-                 voxel_scale: float = 1.0) -> dict:
+                 voxel_scale: float = 1.0, template_cache=None) -> dict:
     """Write one demo subject; return its truth (the content of truth.json).
 
     Writes layout.dicom_dir(out_dir, subject)/<series>/IM_0001.dcm ... (four
@@ -130,13 +134,15 @@ def make_subject(out_dir, subject: str, index: int, seed: int = 0,
     labels) and brain_mask.nii.gz on the native T1ce grid, and truth.json.
     The same (seed, index) gives identical pixel data, UIDs and truth.
     voxel_scale multiplies every native spacing (2.0 keeps tests small).
+    template_cache: a folder where the template head is stored once and
+    reused by later calls in other processes (see cached_template_head).
     """
     if not voxel_scale > 0:
         raise InputError(f"voxel_scale must be positive, got {voxel_scale}", subject=subject)
     out_dir = Path(out_dir)
     rngs = _streams(seed, index)
-    head = template_head()
-    tensor = _template_tensor()
+    head = _head(template_cache)
+    tensor = _template_tensor(template_cache)
 
     pose = draw_pose(rngs["pose"])
     warp = draw_warp(rngs["warp"], pose.translation_mm)

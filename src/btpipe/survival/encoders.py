@@ -254,11 +254,12 @@ def pretrain_encoder_cached(encoder: SliceEncoder, bags, cache_dir=None, epochs=
 
     Every slice-bag model of a lab run pre-trains the same encoder on the same fold with
     the same seed; the first one saves the weights under a key of all the inputs
-    (:func:`pretraining_key`) and the others load them instead of training again. The
+    (:func:`pretraining_key`) and the others load them instead of training again.
+    Jobs running side by side wait on a lock file for the one that pre-trains. The
     returned dict adds ``cached`` (True when loaded). ``cache_dir=None`` always trains.
     """
     torch = _torch()
-    from ..io import torch_save
+    from ..io import file_lock, torch_save
 
     def train() -> dict:
         # A forked, seeded RNG: the pretext head's initialisation depends only on the
@@ -274,13 +275,14 @@ def pretrain_encoder_cached(encoder: SliceEncoder, bags, cache_dir=None, epochs=
     settings = {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
                 "seed": int(seed), "device": device.type, "amp": bool(amp)}
     path = Path(cache_dir) / f"{pretraining_key(encoder, bags, settings)}.pt"
-    if path.exists():
-        saved = torch.load(path, map_location=device, weights_only=False)
-        encoder.load_state_dict(saved["state"])
-        encoder.to(device)
-        encoder.eval()
-        return {**saved["info"], "cached": True}
-    info = train()
-    torch_save(path, {"state": {k: v.cpu() for k, v in encoder.state_dict().items()},
-                      "info": info})
+    with file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            saved = torch.load(path, map_location=device, weights_only=False)
+            encoder.load_state_dict(saved["state"])
+            encoder.to(device)
+            encoder.eval()
+            return {**saved["info"], "cached": True}
+        info = train()
+        torch_save(path, {"state": {k: v.cpu() for k, v in encoder.state_dict().items()},
+                          "info": info})
     return {**info, "cached": False}

@@ -435,16 +435,29 @@ def _read_label_image(path, what):
     return nib.Nifti1Image(data.astype(np.float32), img.affine)
 
 
-def _map_labels(labels_img, reference, transform, interpolation):
-    import ants
-
-    moving = reg.nib_to_ants(labels_img)
-    warped = ants.apply_transforms(reference, moving, [str(transform)],
-                                   interpolator=interpolation)
-    return np.round(warped.numpy()).astype(np.uint8)
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def labels_to_atlas(native_labels, preproc_dir, out_path, interpolation="nearestNeighbor"):
+def _map_labels(labels_img, target_img, transform):
+    """Nearest-neighbour labels of ``labels_img`` on ``target_img``'s grid.
+
+    ``transform`` (ITK .mat) maps target-space points to label-space points
+    in LPS millimetres, as ANTs' apply_transforms uses it; SciPy samples the
+    labels, so no job imports ANTs just to move a label map.
+    """
+    from scipy import ndimage
+
+    lps = reg.matrix_of(transform)
+    target_to_source = (np.linalg.inv(labels_img.affine) @ _LPS_TO_RAS @ lps @ _LPS_TO_RAS
+                        @ target_img.affine)
+    labels = np.asanyarray(labels_img.dataobj)
+    out = ndimage.affine_transform(labels, target_to_source[:3, :3], target_to_source[:3, 3],
+                                   output_shape=target_img.shape[:3], order=0, mode="constant",
+                                   cval=0.0)
+    return np.round(out).astype(np.uint8)
+
+
+def labels_to_atlas(native_labels, preproc_dir, out_path):
     """Labels on the native T1ce grid -> the subject's atlas grid (uint8).
 
     Inputs: a label NIfTI on the native T1ce grid (expert labels or a
@@ -458,15 +471,12 @@ def labels_to_atlas(native_labels, preproc_dir, out_path, interpolation="nearest
     preproc_dir = Path(preproc_dir)
     labels = _read_label_image(native_labels, "native labels")
     grid_img = nib.load(str(preproc_dir / "brain_mask.nii.gz"))
-    reference = reg.nib_to_ants(grid_img)
-    data = _map_labels(labels, reference, preproc_dir / "transforms" / "t1ce_to_atlas.mat",
-                       interpolation)
+    data = _map_labels(labels, grid_img, preproc_dir / "transforms" / "t1ce_to_atlas.mat")
     save_array_nifti(out_path, data, grid_img.affine, dtype=np.uint8)
     return Path(out_path)
 
 
-def labels_to_native(atlas_labels, preproc_dir, native_reference, out_path,
-                     interpolation="nearestNeighbor"):
+def labels_to_native(atlas_labels, preproc_dir, native_reference, out_path):
     """Atlas-space labels -> the native T1ce grid with ``atlas_to_t1ce`` (uint8).
 
     Inputs: a label NIfTI in atlas space, the subject's preproc folder, the
@@ -481,8 +491,6 @@ def labels_to_native(atlas_labels, preproc_dir, native_reference, out_path,
     if not ref_path.is_file():
         raise InputError("native reference image not found", path=ref_path)
     ref_img = nib.load(str(ref_path))
-    reference = reg.nib_to_ants(ref_img)
-    data = _map_labels(labels, reference, preproc_dir / "transforms" / "atlas_to_t1ce.mat",
-                       interpolation)
+    data = _map_labels(labels, ref_img, preproc_dir / "transforms" / "atlas_to_t1ce.mat")
     save_array_nifti(out_path, data, ref_img.affine, dtype=np.uint8)
     return Path(out_path)

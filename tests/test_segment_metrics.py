@@ -225,3 +225,22 @@ def test_folds_never_empty_in_small_cohorts():
         for seed in range(20):
             mapping = folds.assign_folds([f"s{i}" for i in range(n)], 3, seed=seed)
             assert set(mapping.values()) == {0, 1, 2}, (n, seed)
+
+
+def test_small_whole_tumour_islands_are_dropped_with_their_core():
+    from btpipe.segment.postprocess import drop_small_components
+
+    regions = np.zeros((3, 30, 30, 30), bool)
+    regions[0, 2:14, 2:14, 2:14] = True          # main lesion, 1728 voxels
+    regions[1:, 5:9, 5:9, 5:9] = True            # its core and enhancing part
+    regions[0, 20:28, 20:28, 20:28] = True       # second lesion, 512 voxels (30 %)
+    regions[0, 25:27, 2:4, 2:4] = True           # island, 8 voxels
+    regions[1:, 25, 2, 2] = True                 # with a core voxel
+    kept, dropped = drop_small_components(regions, 0.1)
+    assert dropped == 1
+    assert not kept[:, 25:27, 2:4, 2:4].any()
+    assert kept[0].sum() == 1728 + 512 and kept[1].sum() == 64 and kept[2].sum() == 64
+    same, none = drop_small_components(regions, 0.0)
+    assert none == 0 and np.array_equal(same, regions)
+    _, dropped_both = drop_small_components(regions, 0.5)   # the second lesion goes too
+    assert dropped_both == 2

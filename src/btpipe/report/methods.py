@@ -215,6 +215,9 @@ def _segmentation_paragraph(config, results_dir, cite) -> str | None:
     text += ("Inputs were the four normalised sequences (T1, T1ce, T2, FLAIR) and outputs the "
              "nested regions whole tumour (WT), tumour core (TC) and enhancing tumour (ET)"
              + ("; test-time flip augmentation was used" if seg.get("tta") else "") + ". ")
+    if seg.get("min_component_fraction"):
+        text += (f"Whole-tumour components smaller than {seg['min_component_fraction']:g} of the "
+                 "largest were removed. ")
     if seg.get("et_min_volume_mm3"):
         text += (f"Enhancing components smaller than {seg['et_min_volume_mm3']} mm3 were "
                  "relabelled as necrosis. ")

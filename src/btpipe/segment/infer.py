@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..io import save_array_nifti
 from . import data as sdata
 from .networks import LoadedModel, load_model
-from .postprocess import propose_et_threshold, relabel_small_et  # noqa: F401  (re-exported)
+from .postprocess import drop_small_components, propose_et_threshold, relabel_small_et  # noqa: F401
 
 FLIP_SETS = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]  # 8 mirrorings
 
@@ -94,7 +94,8 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
     model_paths: a path or list of btpipe model.pt / MONAI-bundle state dicts.
     image_paths: [t1, t1ce, t2, flair] normalised NIfTI files on one grid.
     params: overlap (0.5), sw_batch_size (2), tta (False), inference_roi
-    (None = the checkpoint's window; a size [x, y, z] or "full"), et_min_volume_mm3 (0),
+    (None = the checkpoint's window; a size [x, y, z] or "full"), min_component_fraction
+    (0: keep every whole-tumour island), et_min_volume_mm3 (0),
     device ('auto'), plus loader options for raw state dicts (channel_order,
     region_order). Writes out_dir/seg.nii.gz, prob.nii.gz, uncertainty.nii.gz.
     Returns {"seg", "prob", "uncertainty" (paths), "members", "volumes_mm3",
@@ -118,7 +119,7 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
     device = pick_device(params.get("device", "auto"))
     mean, std, n_members = ensemble_probabilities(models, image, params, device)
 
-    regions = mean > 0.5
+    regions, dropped = drop_small_components(mean > 0.5, params.get("min_component_fraction", 0) or 0)
     label_map = lab.regions_to_labels(regions, labels)
     voxel_mm3 = float(np.prod(ref_img.header.get_zooms()[:3]))
     label_map, relabelled = relabel_small_et(label_map, labels, params.get("et_min_volume_mm3", 0) or 0,
@@ -136,5 +137,6 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
         "members": n_members,
         "volumes_mm3": {r: float(final_regions[i].sum() * voxel_mm3) for i, r in enumerate(lab.REGIONS)},
         "et_relabelled": bool(relabelled),
+        "components_dropped": dropped,
         "seconds": time.perf_counter() - started,
     }

@@ -1,4 +1,4 @@
-"""Post-processing of predicted segmentations: the ET small-volume rule.
+"""Post-processing of predicted segmentations: small tumour islands, the ET small-volume rule.
 
 BraTS winners (nnU-Net 2020/2021) relabel enhancing tumour as necrosis when
 the total predicted ET volume is below a threshold: a case without
@@ -12,6 +12,29 @@ from __future__ import annotations
 import numpy as np
 
 from .. import labels as lab
+
+
+def drop_small_components(regions, min_fraction=0.0):
+    """Regions [3, ...] (WT, TC, ET; booleans) without the small whole-tumour islands.
+
+    Whole-tumour components (26-connected) smaller than ``min_fraction`` of
+    the largest one are removed together with the core and enhancing voxels
+    inside them (nnU-Net's connected-component post-processing, softened so
+    that a second lesion of comparable size stays). ``min_fraction <= 0``
+    changes nothing. Returns (regions, number of components removed).
+    """
+    from scipy import ndimage
+
+    regions = np.asarray(regions, bool)
+    if not min_fraction or min_fraction <= 0 or not regions[0].any():
+        return regions.copy(), 0
+    components, n = ndimage.label(regions[0], structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(components.ravel())[1:]
+    small = np.flatnonzero(sizes < float(min_fraction) * sizes.max()) + 1
+    if small.size == 0:
+        return regions.copy(), 0
+    keep = ~np.isin(components, small)
+    return regions & keep[None], int(small.size)
 
 
 def et_volume_mm3(label_map, labels="brats2021", voxel_mm3=1.0) -> float:

@@ -46,7 +46,7 @@ def test_dry_run_on_default_config_lists_every_rule(tmp_path):
     jobs = planned_jobs(tmp_path)
     assert EVERY_RULE <= set(jobs), f"missing from the plan: {EVERY_RULE - set(jobs)}"
     assert jobs["preprocess_subject"] == 24
-    assert jobs["seg_train"] == 4  # 3 folds + the final model
+    assert jobs["seg_train"] == 3  # 2 folds + the final model
 
 
 def test_every_output_written(tiny_run):

@@ -88,7 +88,7 @@ def test_training_draws_leave_the_cached_volumes_untouched(cohort):
     from btpipe.segment import data as sdata
 
     dataset = sdata.make_train_dataset(cohort[:2], [16, 16, 16])
-    cached = [{k: np.array(v, copy=True) for k, v in item.items() if k != "subject"} for item in dataset._cache]
+    cached = [{k: np.asarray(v).copy() for k, v in item.items() if k != "subject"} for item in dataset._cache]
     first = [sdata.make_batch(dataset, step, 2, seed=3)[:2] for step in range(1, 25)]
     again = [sdata.make_batch(dataset, step, 2, seed=3)[:2] for step in range(1, 25)]
     for item, before in zip(dataset._cache, cached):

@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     workdir = Path(args.workdir)
-    models = yaml.safe_load(LAB_MODELS.read_text())["survival"]["models"]
+    lab = yaml.safe_load(LAB_MODELS.read_text())["survival"]
+    models, k = lab["models"], lab["folds"]
     wall = run_lab(workdir, args.cores)
     table = model_table(workdir / "results")
     n = len(pd.read_parquet(workdir / "results/survival/input.parquet"))
@@ -64,16 +65,16 @@ def main() -> None:
     lines = [f"Date {datetime.date.today()}, {platform.node()} ({platform.machine()}, "
              f"{args.cores} cores used), one run. `bench/bench_survival_lab.py`: the "
              f"{len(models)} models of `resources/survival/lab_models.yaml` on the {n}-subject demo "
-             "cohort (5-fold, one repeat; images, slice bags and features from a finished "
+             f"cohort ({k}-fold, one repeat; images, slice bags and features from a finished "
              "bench_demo run), `snakemake survival` from an empty survival folder.", "",
              f"- wall time: **{wall / 60:.1f} min** (target <= 10 min)", "",
-             "| model | job s | max RSS MB | Harrell C (mean of 5 folds) | sd |",
+             f"| model | job s | max RSS MB | Harrell C (mean of {k} folds) | sd |",
              "|---|---:|---:|---:|---:|"]
     for model, rec in table.iterrows():
         lines.append(f"| {model} | {rec.job_s:.0f} | {rec.max_rss_mb:.0f} | "
                      f"{rec.c_harrell_mean:.3f} | {rec.c_harrell_sd:.3f} |")
-    lines += ["", "Job times overlap (two jobs at a time on 2 cores). The C-indices are a wiring "
-              "check: 24 subjects give about 5 per test fold."]
+    lines += ["", f"Job times overlap (up to {args.cores} jobs at a time). The C-indices are a "
+              f"wiring check: {n} subjects give about {round(n / k)} per test fold."]
     replace_section(REPO / "docs/benchmarks.md", "Survival lab model set (demo cohort)",
                     "\n".join(lines))
 

@@ -62,13 +62,14 @@ def file_lock(path):
     with open(path, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX)
+            locked = True
         except OSError:
-            yield
-            return
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_text(path, text: str) -> None:

@@ -222,7 +222,7 @@ def cached_template_head(cache_dir) -> TemplateHead:
     """template_head(), stored once under cache_dir (uncompressed, ~300 MB).
 
     Each demo subject runs in its own Snakemake job: loading the stored head
-    takes well under a second where building it takes ~8 s. Concurrent first
+    takes about a second where building it takes 5-8 s. Concurrent first
     jobs may both build it; the atomic write keeps the file whole.
     """
     from ..io import atomic_path
@@ -235,4 +235,3 @@ def cached_template_head(cache_dir) -> TemplateHead:
         return head
     with np.load(path) as stored:
         return TemplateHead(**{f.name: stored[f.name] for f in fields(TemplateHead)})
-

@@ -49,7 +49,7 @@ def _streams(seed: int, index: int) -> dict:
 
 
 def _head(cache_dir=None):
-    return template_head() if cache_dir is None else cached_template_head(str(cache_dir))
+    return template_head() if cache_dir is None else cached_template_head(cache_dir)
 
 
 @functools.lru_cache(maxsize=2)
@@ -141,8 +141,9 @@ def make_subject(out_dir, subject: str, index: int, seed: int = 0,
         raise InputError(f"voxel_scale must be positive, got {voxel_scale}", subject=subject)
     out_dir = Path(out_dir)
     rngs = _streams(seed, index)
-    head = _head(template_cache)
-    tensor = _template_tensor(template_cache)
+    cache = None if template_cache is None else str(template_cache)  # one lru_cache key per folder
+    head = _head(cache)
+    tensor = _template_tensor(cache)
 
     pose = draw_pose(rngs["pose"])
     warp = draw_warp(rngs["warp"], pose.translation_mm)

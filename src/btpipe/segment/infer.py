@@ -119,7 +119,7 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
     device = pick_device(params.get("device", "auto"))
     mean, std, n_members = ensemble_probabilities(models, image, params, device)
 
-    regions, dropped = drop_small_components(mean > 0.5, params.get("min_component_fraction", 0) or 0)
+    regions, dropped = drop_small_components(mean > 0.5, params.get("min_component_fraction"))
     label_map = lab.regions_to_labels(regions, labels)
     voxel_mm3 = float(np.prod(ref_img.header.get_zooms()[:3]))
     label_map, relabelled = relabel_small_et(label_map, labels, params.get("et_min_volume_mm3", 0) or 0,

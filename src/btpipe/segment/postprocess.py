@@ -28,7 +28,7 @@ def drop_small_components(regions, min_fraction=0.0):
     regions = np.asarray(regions, bool)
     if not min_fraction or min_fraction <= 0 or not regions[0].any():
         return regions.copy(), 0
-    components, n = ndimage.label(regions[0], structure=np.ones((3, 3, 3), bool))
+    components, _ = ndimage.label(regions[0], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(components.ravel())[1:]
     small = np.flatnonzero(sizes < float(min_fraction) * sizes.max()) + 1
     if small.size == 0:

@@ -23,7 +23,7 @@ def test_default_config_validates_and_fills_defaults(tmp_path):
     assert config["segmentation"]["mode"] == "train"
     assert config["survival"]["class_cutoffs_months"] == [10, 15]
     minimal = validate_config({"results_dir": "out"})
-    assert minimal["preprocess"]["registration_backend"] == "ants"
+    assert minimal["preprocess"]["registration_backend"] == "greedy"
     assert minimal["atlas"]["spacing_mm"] == 1.0
 
 

@@ -167,7 +167,7 @@ def test_bad_inputs_raise_named_errors(tmp_path, atlas_path):
         preprocess_subject("s1", tmp_path, tmp_path / "out", atlas_path)
     with pytest.raises(ConfigError):
         preprocess_subject("s1", tmp_path, tmp_path / "out", atlas_path,
-                           registration_backend="greedy")
+                           registration_backend="elastix")
     with pytest.raises(ConfigError, match="registration_effort"):
         preprocess_subject("s1", tmp_path, tmp_path / "out", atlas_path,
                            registration_effort="sloppy")

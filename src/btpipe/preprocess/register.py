@@ -154,6 +154,14 @@ def set_threads(deterministic: bool) -> bool:
     return not deterministic or _ITK_THREADS == "1"
 
 
+def thread_count(deterministic: bool) -> int:
+    """Threads for tools that take a count (greedy): 1 when ``deterministic``,
+    else ITK's setting, else every core."""
+    if deterministic:
+        return 1
+    return int(os.environ.get(_THREAD_VAR) or os.cpu_count() or 1)
+
+
 def _normalise_for_registration(img, mask=None):
     """Scale intensities robustly to 0..1 (inside ``mask`` when given)."""
     import ants
@@ -279,10 +287,6 @@ def rigidify(src, dest, centre_lps) -> None:
     resized, and the translation is set so that the brain centre maps to the
     same point as under the full affine.
     """
-    import ants
-
-    from ..io import atomic_path
-
     m = matrix_of(src)
     u, _, vt = np.linalg.svd(m[:3, :3])
     r = u @ vt
@@ -290,10 +294,25 @@ def rigidify(src, dest, centre_lps) -> None:
         u[:, -1] *= -1
         r = u @ vt
     c = np.asarray(centre_lps, float)
-    target = m[:3, :3] @ c + m[:3, 3]
+    rigid = np.eye(4)
+    rigid[:3, :3] = r
+    rigid[:3, 3] = m[:3, :3] @ c + m[:3, 3] - r @ c
+    write_itk_matrix(rigid, dest, centre=c)
+
+
+def write_itk_matrix(matrix_lps, dest, centre=(0.0, 0.0, 0.0)) -> None:
+    """Write a 4x4 LPS point-mapping matrix as an ITK AffineTransform .mat,
+    atomically. ``centre`` only changes how ITK stores it, not the mapping."""
+    import ants
+
+    from ..io import atomic_path
+
+    m = np.asarray(matrix_lps, float)
+    c = np.asarray(centre, float)
     tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
     tx.set_fixed_parameters(list(c))
-    tx.set_parameters(list(r.ravel()) + list(target - c))
+    # ITK maps x to A (x - c) + t + c, so t = A c + b - c for the matrix's (A, b).
+    tx.set_parameters(list(m[:3, :3].ravel()) + list(m[:3, :3] @ c + m[:3, 3] - c))
     with atomic_path(dest, suffix=".mat") as tmp:
         ants.write_transform(tx, str(tmp))
 
@@ -322,7 +341,7 @@ def tool_versions() -> dict:
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("antspyx", "deepbet", "nibabel", "torch", "numpy"):
+    for pkg in ("antspyx", "picsl_greedy", "deepbet", "nibabel", "torch", "numpy"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

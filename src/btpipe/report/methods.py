@@ -22,6 +22,9 @@ REFERENCES = {
     "ants": "Avants BB, Tustison NJ, Song G, Cook PA, Klein A, Gee JC. A reproducible "
             "evaluation of ANTs similarity metric performance in brain image registration. "
             "NeuroImage. 2011;54(3):2033-2044.",
+    "greedy": "Yushkevich PA, Pluta J, Wang H, Wisse LEM, Das S, Wolk D. Fast automatic "
+              "segmentation of hippocampal subfields and medial temporal lobe subregions in 3 "
+              "Tesla and 7 Tesla T2-weighted MRI. Alzheimers Dement. 2016;12(7S):P126-P127.",
     "n4": "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. "
           "IEEE Trans Med Imaging. 2010;29(6):1310-1320.",
     "deepbet": "Fisch L, Zumdick S, Barkhau C, et al. deepbet: Fast brain extraction of T1-weighted "
@@ -51,7 +54,8 @@ REFERENCES = {
                  "Snakemake. F1000Research. 2021;10:33.",
 }
 CITE_LABEL = {
-    "dcm2niix": "Li et al., 2016", "ants": "Avants et al., 2011", "n4": "Tustison et al., 2010",
+    "dcm2niix": "Li et al., 2016", "ants": "Avants et al., 2011",
+    "greedy": "Yushkevich et al., 2016", "n4": "Tustison et al., 2010",
     "deepbet": "Fisch et al., 2024", "sri24": "Rohlfing et al., 2010",
     "segresnet": "Myronenko, 2018", "monai": "Cardoso et al., 2022",
     "brats2015": "Menze et al., 2015", "brats2021": "Baid et al., 2021",
@@ -151,12 +155,13 @@ def _preprocess_paragraph(config, results_dir, cite) -> str | None:
         return None
     pre = config.get("preprocess", {})
     atlas = config.get("atlas", {})
-    backend = pre.get("registration_backend", "ants")
+    backend = pre.get("registration_backend", "greedy")
     transform = pre.get("atlas_transform", "rigid")
     if backend == "ants":
         reg = f"ANTsPy (antspyx {installed_version('antspyx') or 'version unknown'}) {cite('ants')}"
     else:
-        reg = f"{backend}"
+        reg = (f"greedy (picsl-greedy {installed_version('picsl_greedy') or 'version unknown'}) "
+               f"{cite('greedy')}")
     atlas_path = str(atlas.get("path", ""))
     atlas_name = "the SRI24 atlas " + cite("sri24") if "sri24" in atlas_path.lower() \
         else f"the template {atlas_path or '(configured)'}"

@@ -217,3 +217,16 @@ def test_univariate_cindex_matches_sksurv():
         expected = concordance_index_censored(event[ok], time[ok], feats[col].to_numpy()[ok])[0]
         assert got.loc[col, "c_index"] == pytest.approx(expected, abs=1e-12)
         assert got.loc[col, "n"] == ok.sum()
+
+
+@pytest.mark.parametrize("backend, atlas_tool", [("greedy", "greedy (picsl-greedy"),
+                                                 ("ants", "ANTsPy (antspyx")])
+def test_methods_text_names_the_registration_tools(tmp_path, backend, atlas_tool):
+    """The same-session pairs always run with ANTs; the atlas step with the backend."""
+    io.write_json(tmp_path / "subjects" / "s1" / "preproc" / "qc.json", {"subject": "s1"})
+    config = demo_config()
+    config["preprocess"]["registration_backend"] = backend
+    text = methods_text(config, tmp_path)
+    assert "to the T1ce with ANTsPy (antspyx" in text
+    assert f"resampled to 2 mm with {atlas_tool}" in text
+    assert ("Yushkevich" in text) == (backend == "greedy")

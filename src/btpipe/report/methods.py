@@ -157,19 +157,20 @@ def _preprocess_paragraph(config, results_dir, cite) -> str | None:
     atlas = config.get("atlas", {})
     backend = pre.get("registration_backend", "greedy")
     transform = pre.get("atlas_transform", "rigid")
-    if backend == "ants":
-        reg = f"ANTsPy (antspyx {installed_version('antspyx') or 'version unknown'}) {cite('ants')}"
-    else:
-        reg = (f"greedy (picsl-greedy {installed_version('picsl_greedy') or 'version unknown'}) "
-               f"{cite('greedy')}")
+    ants_tool = (f"ANTsPy (antspyx {installed_version('antspyx') or 'version unknown'}) "
+                 f"{cite('ants')}")
+    # The same-session pairs run with ANTs under either backend (docs/preprocessing.md).
+    atlas_tool = ants_tool if backend == "ants" else (
+        f"greedy (picsl-greedy {installed_version('picsl_greedy') or 'version unknown'}) "
+        f"{cite('greedy')}")
     atlas_path = str(atlas.get("path", ""))
     atlas_name = "the SRI24 atlas " + cite("sri24") if "sri24" in atlas_path.lower() \
         else f"the template {atlas_path or '(configured)'}"
     spacing = atlas.get("spacing_mm")
     text = (f"Images were reoriented to LPS; T1, T2 and FLAIR were registered rigidly to the "
-            f"T1ce and the T1ce {transform}ly to {atlas_name}"
+            f"T1ce with {ants_tool} and the T1ce {transform}ly to {atlas_name}"
             + (f" resampled to {spacing:g} mm" if isinstance(spacing, (int, float)) else "")
-            + f" with {reg}, computing the registrations on N4 bias-corrected images "
+            + f" with {atlas_tool}, computing the registrations on N4 bias-corrected images "
             f"{cite('n4')} and composing the transforms so that each image was interpolated "
             "once. ")
     strip = pre.get("skull_strip", "deepbet")

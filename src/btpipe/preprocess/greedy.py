@@ -16,26 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .register import write_itk_matrix
-
-_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
+from .register import swap_ras_lps, write_itk_matrix
 
 INITIALISATIONS = {"centers": "-ia-image-centers", "identity": "-ia-identity"}
 
 
-def ras_to_lps(matrix_ras) -> np.ndarray:
-    """A 4x4 point-mapping matrix re-expressed from RAS to LPS coordinates."""
-    return _FLIP @ np.asarray(matrix_ras, float) @ _FLIP
-
-
 def greedy_linear(fixed, moving, out_mat, *, dof=6, metric="NMI", initial="centers",
-                  fixed_mask=None, iterations=(100, 50, 10), threads=1, seed=0) -> Path:
+                  iterations=(100, 50, 10), threads=1, seed=0) -> Path:
     """Register ANTs image ``moving`` to ``fixed`` with greedy (``dof`` 6: rigid,
     12: affine) and write the ITK .mat (LPS, fixed -> moving) to ``out_mat``.
 
     ``initial``: 'centers' (image centres aligned: moving to an atlas) or
-    'identity' (same-session sequences). ``fixed_mask`` (ANTs image) limits
-    the metric to the fixed image's region of interest. ``iterations``: per
+    'identity' (images already in one world space). ``iterations``: per
     level, coarsest first; greedy halves the fixed image's resolution per
     level (100x50x10 on a 2 mm atlas: 8, 4 and 2 mm). ``seed`` fixes the
     jitter greedy adds to its sample points (greedy's own seed 0 means "from
@@ -60,9 +52,6 @@ def greedy_linear(fixed, moving, out_mat, *, dof=6, metric="NMI", initial="cente
                    f"-i {work / 'fixed.nii.gz'} {work / 'moving.nii.gz'} -o {work / 'ras.mat'} "
                    f"{INITIALISATIONS[initial]} -n {'x'.join(str(int(n)) for n in iterations)} "
                    f"-threads {int(threads)} -seed {int(seed) + 1} -V 0")
-        if fixed_mask is not None:
-            ants.image_write(fixed_mask, str(work / "mask.nii.gz"))
-            command += f" -gm {work / 'mask.nii.gz'}"
         try:
             with _stdout_to(work / "greedy.log"):
                 Greedy3D().execute(command)
@@ -72,7 +61,7 @@ def greedy_linear(fixed, moving, out_mat, *, dof=6, metric="NMI", initial="cente
         except Exception as exc:  # noqa: BLE001 - add greedy's own output to any failure
             tail = (work / "greedy.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"greedy registration failed: {exc}\n{tail}") from exc
-    write_itk_matrix(ras_to_lps(matrix_ras), out_mat)
+    write_itk_matrix(swap_ras_lps(matrix_ras), out_mat)
     return Path(out_mat)
 
 

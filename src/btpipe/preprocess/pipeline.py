@@ -481,9 +481,6 @@ def _read_label_image(path, what):
     return nib.Nifti1Image(data.astype(np.float32), img.affine)
 
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
 def _map_labels(labels_img, target_img, transform):
     """Nearest-neighbour labels of ``labels_img`` on ``target_img``'s grid.
 
@@ -494,7 +491,7 @@ def _map_labels(labels_img, target_img, transform):
     from scipy import ndimage
 
     lps = reg.matrix_of(transform)
-    target_to_source = (np.linalg.inv(labels_img.affine) @ _LPS_TO_RAS @ lps @ _LPS_TO_RAS
+    target_to_source = (np.linalg.inv(labels_img.affine) @ reg.swap_ras_lps(lps)
                         @ target_img.affine)
     labels = np.asanyarray(labels_img.dataobj)
     out = ndimage.affine_transform(labels, target_to_source[:3, :3], target_to_source[:3, 3],

@@ -38,6 +38,12 @@ def nib_to_ants(img, dtype=np.float32):
                            spacing=tuple(spacing), direction=direction)
 
 
+def swap_ras_lps(matrix) -> np.ndarray:
+    """A 4x4 point-mapping matrix re-expressed between RAS and LPS world
+    coordinates (either way: the flip is its own inverse)."""
+    return _RAS_TO_LPS @ np.asarray(matrix, float) @ _RAS_TO_LPS
+
+
 def ants_affine(img) -> np.ndarray:
     """The nibabel (RAS) voxel-to-world affine of an ANTs image."""
     lps = np.eye(4)

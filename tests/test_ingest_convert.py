@@ -130,3 +130,46 @@ def test_failing_series_carry_warnings(testdata, tmp_path):
     assert tilted  # the sheared original is flagged
     two_slices = [ws for ws in by_file.values() if "only 2 slice(s): not a volume" in ws]
     assert len(two_slices) == 2  # slicecount and sliceorientation
+
+
+def test_cli_matches_in_process_conversion(testdata, tmp_path):
+    """`btpipe convert` (dcm2niix started before the imports, outputs compressed
+    by two threads) writes the same bytes as the one-thread in-process call."""
+    import subprocess
+    import sys
+
+    src = testdata / "dicom" / "dicom2nifti" / "generic" / "anatomical"
+    convert_dicom_dir(src, tmp_path / "inproc")
+    cli = Path(sys.executable).with_name("btpipe")
+    proc = subprocess.run([str(cli), "convert", str(src), str(tmp_path / "cli"), "--threads", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    made = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert {"series.parquet", "series.csv"} <= set(made)
+    assert not [name for name in made if name.startswith(".")]  # temp folder removed
+    images = [name for name in made if name.endswith((".nii.gz", ".json"))]
+    assert len(images) >= 4
+    for name in images:
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "inproc" / name).read_bytes()
+
+
+def test_dcm2niix_run_left_early_is_stopped_and_removed(testdata, tmp_path):
+    from btpipe.ingest.dcm2niix_process import Dcm2niixRun
+
+    with Dcm2niixRun(testdata / "dicom" / "dcm_qa_siemens" / "In", tmp_path) as run:
+        folder, proc = run.folder, run._proc
+    assert proc.returncode is not None and not folder.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_during_the_header_scan_leaves_no_temporary_folder(testdata, tmp_path,
+                                                                   monkeypatch):
+    from btpipe.ingest import convert as conv
+
+    def broken_scan(_dicom_dir):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(conv, "scan_headers", broken_scan)
+    with pytest.raises(OSError, match="disk gone"):
+        convert_dicom_dir(testdata / "dicom" / "dcm_qa_siemens" / "In", tmp_path / "out")
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]

@@ -8,6 +8,7 @@ stderr otherwise. Heavy libraries are imported inside the commands so
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,10 +46,18 @@ def cmd_validate(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from . import io
-    from .ingest import convert_dicom_dir
+    import contextlib
 
-    table = convert_dicom_dir(args.dicom_dir, args.out_dir)
+    from .ingest.dcm2niix_process import Dcm2niixRun
+
+    # dcm2niix starts first: it converts on one core while the imports below load.
+    started = Dcm2niixRun(args.dicom_dir, args.out_dir) if Path(args.dicom_dir).is_dir() \
+        else contextlib.nullcontext()
+    with started as run:
+        from . import io
+        from .ingest.convert import convert_dicom_dir
+
+        table = convert_dicom_dir(args.dicom_dir, args.out_dir, workers=args.threads, run=run)
     out = Path(args.out_dir) / "series.parquet"
     io.write_parquet(out, table)
     io.write_csv(out.with_suffix(".csv"), table)
@@ -97,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="every DICOM series -> NIfTI + JSON + series table")
     p.add_argument("dicom_dir")
     p.add_argument("out_dir")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="threads for de-identifying and compressing outputs (default: all cores)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("score", help="BraTS metrics for a segmentation")

@@ -11,11 +11,23 @@ Public API (what the workflow and the CLI call):
 See docs/ingest.md.
 """
 
-from .classify import classify_series, load_rules
-from .convert import SERIES_COLUMNS, convert_dicom_dir, dcm2niix_binary
-from .deid import scrub_sidecar
-from .discover import discover_brats
-from .subject import ingest_subject
+import importlib
 
-__all__ = ["SERIES_COLUMNS", "classify_series", "convert_dicom_dir", "dcm2niix_binary",
-           "discover_brats", "ingest_subject", "load_rules", "scrub_sidecar"]
+# Loaded on first use (PEP 562): `btpipe convert` imports the light
+# dcm2niix_process module and starts the converter before pandas and friends load.
+_WHERE = {"classify_series": "classify", "load_rules": "classify",
+          "SERIES_COLUMNS": "convert", "convert_dicom_dir": "convert",
+          "dcm2niix_binary": "dcm2niix_process", "scrub_sidecar": "deid",
+          "discover_brats": "discover", "ingest_subject": "subject"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
+
+def __dir__():
+    return __all__

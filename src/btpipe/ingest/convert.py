@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +26,7 @@ from .. import io
 from ..errors import InputError
 from . import deid
 from .classify import NOT_CONVERTED
+from .dcm2niix_process import Dcm2niixRun, dcm2niix_binary, dcm2niix_command  # noqa: F401
 
 SERIES_COLUMNS = (
     "series_number", "series_description", "protocol_name", "vendor", "modality",
@@ -45,32 +45,6 @@ _FAILED_FILE_RE = re.compile(r"(?:File not large enough to store image data|Unab
 SHEAR_TOLERANCE_DEG = 0.5
 ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 0.1
-
-
-def dcm2niix_binary() -> str:
-    """Path of the dcm2niix executable from the PyPI package (or PATH)."""
-    try:
-        import dcm2niix
-
-        path = Path(dcm2niix.bin)
-        if path.exists():
-            return str(path)
-    except (ImportError, AttributeError):
-        pass
-    found = shutil.which("dcm2niix")
-    if found is None:
-        raise RuntimeError("dcm2niix not found: install the PyPI package 'dcm2niix'")
-    return found
-
-
-def dcm2niix_command(dicom_dir, out_dir) -> list[str]:
-    """The exact dcm2niix call: -g i ignores a user's ~/.dcm2nii.ini so every
-    machine converts alike; -x n no cropping; -ba y anonymised sidecar; -z n
-    no gzip here, since btpipe rewrites every file anyway (header text blanked)
-    and compresses it once; -f %j_%s names files by series UID + number (only inside the temp
-    folder: final names carry the series number alone); -d 9 any nesting."""
-    return [dcm2niix_binary(), "-g", "i", "-b", "y", "-ba", "y", "-z", "n", "-x", "n",
-            "-d", "9", "-w", "2", "-f", "%j_%s", "-o", str(out_dir), str(dicom_dir)]
 
 
 # --- header scan -------------------------------------------------------------
@@ -217,29 +191,6 @@ def slice_count(img, frames) -> int:
 
 # --- dcm2niix ----------------------------------------------------------------
 
-def run_dcm2niix(dicom_dir, out_dir) -> tuple[int, list[str]]:
-    """Run dcm2niix; return (exit code, stdout+stderr lines)."""
-    return finish_dcm2niix(start_dcm2niix(dicom_dir, out_dir))
-
-
-def start_dcm2niix(dicom_dir, out_dir) -> subprocess.Popen:
-    """Start dcm2niix in the background (its output goes to a file in out_dir,
-    so a chatty run can never block on a full pipe)."""
-    log = open(Path(out_dir) / ".dcm2niix.log", "w+", errors="replace")
-    proc = subprocess.Popen(dcm2niix_command(dicom_dir, out_dir), stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
-    proc.log = log
-    return proc
-
-
-def finish_dcm2niix(proc: subprocess.Popen) -> tuple[int, list[str]]:
-    """Wait for a started dcm2niix; (exit code, its output lines)."""
-    with proc.log as log:
-        code = proc.wait()
-        log.seek(0)
-        return code, log.read().splitlines()
-
-
 def notes_per_output(lines, out_dir) -> tuple[dict, list[str]]:
     """dcm2niix notes assigned to the output they precede/follow.
 
@@ -377,7 +328,58 @@ def _final_stem(series_number, suffix, taken) -> str:
     return candidate
 
 
-def convert_dicom_dir(dicom_dir, out_dir, subject=None) -> pd.DataFrame:
+@dataclass
+class _Output:
+    """One file dcm2niix wrote, and its de-identified copy under way."""
+
+    nii: Path  # in the temporary folder
+    stem: str
+    base: str  # the stem without derived-file suffixes (_Tilt_1, _Eq_1)
+    uid: str | None
+    meta: dict  # dcm2niix's sidecar, raw
+    final: str  # the file stem in out_dir
+    copy: Future
+
+
+def _queue_copies(run, out_dir: Path, pool) -> tuple[int, list[str], list[_Output]]:
+    """Wait for dcm2niix, then queue every output's de-identified, compressed copy.
+    Blanking NIfTI header text needs nothing from the header scan, so the copies
+    compress while the scan still runs. Returns (exit code, output lines, outputs)."""
+    code, lines = run.wait()
+    outputs, taken = [], set()
+    for nii in sorted(run.folder.glob("*.nii")):
+        stem = nii.name[:-len(".nii")]
+        match = _NAME_RE.match(stem)
+        base = f"{match.group('uid')}_{match.group('series')}" if match else stem
+        meta = _sidecar_for(run.folder, stem, base)
+        final = _final_stem(meta.get("SeriesNumber"), match.group("suffix") if match else "",
+                            taken)
+        copy = pool.submit(deid.write_clean_nifti, nii, out_dir / f"{final}.nii.gz")
+        outputs.append(_Output(nii, stem, base, match.group("uid") if match else None, meta,
+                               final, copy))
+    return code, lines, outputs
+
+
+def _output_warnings(out: _Output, notes, file_notes, info, dicom_dir, tmp) -> list[str]:
+    """dcm2niix's notes on one output plus btpipe's geometry checks of its series."""
+    own = notes.get(out.stem, []) + notes.get(out.base, []) if out.stem != out.base else \
+        notes.get(out.stem, [])
+    warnings = _relative_notes(own + file_notes.get(out.uid, []), dicom_dir, tmp)
+    geometry = geometry_warnings(info.get("frames", []))
+    if "_Eq_" in out.stem:
+        warnings.append("slices resampled by dcm2niix to equal spacing (_Eq)")
+    if "_Tilt_" in out.stem:
+        # The sheared stack was resampled: its shear warning no longer applies.
+        geometry = [w for w in geometry if "off the slice normal" not in w]
+        geometry.append("gantry tilt corrected by dcm2niix (resampled onto an "
+                        "orthogonal grid)")
+    elif any("gantry tilt" in w.lower() for w in warnings):
+        geometry.append("uncorrected gantry-tilt geometry (sheared); "
+                        "a tilt-corrected copy exists")
+    return warnings + geometry + info.get("truncated", [])
+
+
+def convert_dicom_dir(dicom_dir, out_dir, subject=None, workers=1, run=None) -> pd.DataFrame:
     """Convert every DICOM series under `dicom_dir` (any nesting) into `out_dir`.
 
     Writes `series-{N}{suffix}.nii.gz` + `.json` (de-identified) per output of
@@ -385,64 +387,45 @@ def convert_dicom_dir(dicom_dir, out_dir, subject=None) -> pd.DataFrame:
     inversion times in ms; `warnings` a list of strings per row). Series that
     dcm2niix could not convert appear with file None and a warning.
     Raises InputError when the folder is missing or yields no image at all.
+    `workers` threads de-identify and compress the outputs (zlib releases the
+    GIL); `run` is a Dcm2niixRun already started on the same folders (the CLI
+    starts it before its heavy imports), else one is started here.
     """
     dicom_dir, out_dir = Path(dicom_dir), Path(out_dir)
     if not dicom_dir.is_dir():
         raise InputError("DICOM folder not found", subject=subject, path=dicom_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".dcm2niix-", dir=out_dir) as tmp:
-        # dcm2niix is a separate process: the pydicom header pass runs meanwhile.
-        proc = start_dcm2niix(dicom_dir, tmp)
-        try:
-            headers, tokens = scan_headers(dicom_dir)
-        except BaseException:
-            proc.kill()
-            finish_dcm2niix(proc)
-            raise
-        code, lines = finish_dcm2niix(proc)
+    # Leaving the block stops dcm2niix first (run is entered last), then waits for the threads.
+    with ThreadPoolExecutor(1) as waiter, ThreadPoolExecutor(max(1, int(workers))) as pool, \
+            run or Dcm2niixRun(dicom_dir, out_dir) as run:
+        # dcm2niix is a separate process: the pydicom header pass runs meanwhile,
+        # and so do the copies of its outputs once it is done.
+        queued = waiter.submit(_queue_copies, run, out_dir, pool)
+        headers, tokens = scan_headers(dicom_dir)
+        code, lines, outputs = queued.result()
+        tmp = run.folder
         notes, orphan_notes = notes_per_output(lines, tmp)
         notes, file_notes, orphan_notes = notes_to_owning_series(notes, orphan_notes,
                                                                  headers)
-        rows, taken, converted_uids = [], set(), set()
-        for nii in sorted(Path(tmp).glob("*.nii")):
-            stem = nii.name[:-len(".nii")]
-            match = _NAME_RE.match(stem)
-            uid = match.group("uid") if match else None
-            base = f"{match.group('uid')}_{match.group('series')}" if match else stem
-            meta = _sidecar_for(Path(tmp), stem, base)
-            img = nib.load(str(nii))
-            own = notes.get(stem, []) + notes.get(base, []) if stem != base else \
-                notes.get(stem, [])
-            warnings = _relative_notes(own + file_notes.get(uid, []), dicom_dir, tmp)
-            info = headers.get(uid, {})
-            converted_uids.add(uid)
-            geometry = geometry_warnings(info.get("frames", []))
-            if "_Eq_" in stem:
-                warnings.append("slices resampled by dcm2niix to equal spacing (_Eq)")
-            if "_Tilt_" in stem:
-                # The sheared stack was resampled: its shear warning no longer applies.
-                geometry = [w for w in geometry if "off the slice normal" not in w]
-                geometry.append("gantry tilt corrected by dcm2niix (resampled onto an "
-                                "orthogonal grid)")
-            elif any("gantry tilt" in w.lower() for w in warnings):
-                geometry.append("uncorrected gantry-tilt geometry (sheared); "
-                                "a tilt-corrected copy exists")
-            warnings += geometry + info.get("truncated", [])
+        rows = []
+        for out in outputs:
+            info = headers.get(out.uid, {})
+            warnings = _output_warnings(out, notes, file_notes, info, dicom_dir, tmp)
+            img = nib.load(str(out.nii))
             n_slices = slice_count(img, info.get("frames", []))
             if n_slices < 3:
                 warnings.append(f"only {n_slices} slice(s): not a volume")
-            final = _final_stem(meta.get("SeriesNumber"), match.group("suffix") if match else
-                                "", taken)
-            clean_meta, removed = deid.scrub_sidecar(meta, tokens)
-            nii_out, json_out = out_dir / f"{final}.nii.gz", out_dir / f"{final}.json"
-            deid.write_clean_nifti(nii, nii_out)
+            clean_meta, _removed = deid.scrub_sidecar(out.meta, tokens)
+            nii_out, json_out = out_dir / f"{out.final}.nii.gz", out_dir / f"{out.final}.json"
             io.write_json(json_out, clean_meta)
-            row = series_row(meta, img, nii_out, json_out, dict.fromkeys(warnings))
+            row = series_row(out.meta, img, nii_out, json_out, dict.fromkeys(warnings))
             row["n_slices"] = n_slices
             rows.append(_scrub_row(row, tokens))
+        converted_uids = {out.uid for out in outputs}
         unclaimed = orphan_notes + [n for uid, lines in file_notes.items()
                                     if uid not in converted_uids for n in lines]
         rows += _unconverted_rows(headers, converted_uids, unclaimed, dicom_dir, tmp, tokens)
+        for out in outputs:  # before the temporary folder goes; raises a failed copy's error
+            out.copy.result()
     if not any(r["file"] for r in rows):
         detail = "; ".join(_relative_notes(unclaimed, dicom_dir, "")) or \
             f"dcm2niix exit code {code}"

@@ -74,6 +74,9 @@ MODEL_NAMES = {
     "deepsurv": "DeepSurv (a multilayer perceptron trained on the Cox partial likelihood)",
     "deephit": "DeepHit (single-risk, discrete-time)",
 }
+# segmentation.tta setting -> what the methods text says (true is the old spelling of "all").
+TTA_TEXT = {"lr": "; probabilities were averaged over the input and its left-right mirror",
+            "all": "; probabilities were averaged over all eight axis mirrorings of the input"}
 MODEL_CITES = {"deepsurv": ["deepsurv"], "deephit": ["deephit"]}
 # Distribution names whose installed version stands in when no output records one.
 DISTRIBUTIONS = {
@@ -220,7 +223,7 @@ def _segmentation_paragraph(config, results_dir, cite) -> str | None:
                 f"{seg.get('val_every', '?')} steps. ")
     text += ("Inputs were the four normalised sequences (T1, T1ce, T2, FLAIR) and outputs the "
              "nested regions whole tumour (WT), tumour core (TC) and enhancing tumour (ET)"
-             + ("; test-time flip augmentation was used" if seg.get("tta") else "") + ". ")
+             + TTA_TEXT.get("all" if seg.get("tta") is True else seg.get("tta"), "") + ". ")
     if seg.get("min_component_fraction"):
         text += (f"Whole-tumour components smaller than {seg['min_component_fraction']:g} of the "
                  "largest were removed. ")

@@ -1,4 +1,4 @@
-"""Inference: sliding-window fold ensemble with optional flip TTA.
+"""Inference: sliding-window fold ensemble with optional flip TTA (none, lr, all).
 
 `segment_subject` averages sigmoid probabilities over every member (each
 model x each flip), thresholds at 0.5, nests the regions (ET in TC in WT) and
@@ -22,13 +22,32 @@ import numpy as np
 import torch
 
 from .. import labels as lab
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..io import save_array_nifti
 from . import data as sdata
 from .networks import LoadedModel, load_model
 from .postprocess import drop_small_components, propose_et_threshold, relabel_small_et  # noqa: F401
 
 FLIP_SETS = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]  # 8 mirrorings
+TTA_MODES = ("none", "lr", "all")
+
+
+def tta_flips(mode, affine) -> list[tuple]:
+    """Mirrorings to average (tensor axes of [B, C, X, Y, Z]) for a `tta` setting:
+    none / False -> the input only; lr -> the input and its left-right mirror (the
+    image axis the affine points along L-R, so any storage order works); all / True
+    -> all 8 combinations of the three axes."""
+    mode = {False: "none", True: "all", None: "none"}.get(mode, mode)
+    if mode not in TTA_MODES:
+        raise ConfigError(f"segmentation.tta: {mode!r} is not one of {', '.join(TTA_MODES)}")
+    if mode == "none":
+        return [()]
+    if mode == "all":
+        return list(FLIP_SETS)
+    import nibabel as nib
+
+    lr_axis = [code in "LR" for code in nib.aff2axcodes(affine)].index(True)
+    return [(), (2 + lr_axis,)]
 
 
 def sliding_window_probabilities(module, image, roi_size, device, overlap=0.5, sw_batch_size=1,
@@ -65,9 +84,9 @@ def inference_window(trained_roi, params, shape):
     return [int(r) for r in roi]
 
 
-def ensemble_probabilities(models, image, params, device):
+def ensemble_probabilities(models, image, params, device, affine=np.eye(4)):
     """Running mean and std of member probabilities (members = models x flips)."""
-    flips = FLIP_SETS if params.get("tta") else [()]
+    flips = tta_flips(params.get("tta", "none"), affine)
     total = total_sq = None
     n = 0
     for model in models:
@@ -93,7 +112,7 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
 
     model_paths: a path or list of btpipe model.pt / MONAI-bundle state dicts.
     image_paths: [t1, t1ce, t2, flair] normalised NIfTI files on one grid.
-    params: overlap (0.5), sw_batch_size (2), tta (False), inference_roi
+    params: overlap (0.5), sw_batch_size (2), tta ('none' | 'lr' | 'all'), inference_roi
     (None = the checkpoint's window; a size [x, y, z] or "full"), min_component_fraction
     (0: keep every whole-tumour island), et_min_volume_mm3 (0),
     device ('auto'), plus loader options for raw state dicts (channel_order,
@@ -117,7 +136,7 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
         raise InputError(f"model expects {first.shape[1]} channels, got {image.shape[0]} images",
                          subject=subject, path=model_paths[0])
     device = pick_device(params.get("device", "auto"))
-    mean, std, n_members = ensemble_probabilities(models, image, params, device)
+    mean, std, n_members = ensemble_probabilities(models, image, params, device, ref_img.affine)
 
     regions, dropped = drop_small_components(mean > 0.5, params.get("min_component_fraction"))
     label_map = lab.regions_to_labels(regions, labels)

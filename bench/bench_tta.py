@@ -1,0 +1,118 @@
+"""Test-time mirroring (segmentation.tta) on a finished main-job run, out of fold.
+
+    python bench/bench_tta.py RESULTS_DIR [--record]
+
+RESULTS_DIR is the results folder of a finished `bench/bench_demo.py` run (or any
+run with segmentation.mode: train). Each subject is segmented again by the fold
+model that did not train on it (models/segmentation/folds.json), once per
+mirroring of FLIP_SETS; the settings none / lr / all average the members they
+name, then the pipeline's island rule applies, and Dice per region is taken
+against the subject's reference labels in atlas space. One thread, so the
+seconds per member compare with the segment_subject jobs of the main job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from record import replace_section  # noqa: E402
+
+from btpipe import SEQUENCES  # noqa: E402
+from btpipe import labels as lab  # noqa: E402
+from btpipe.config import load_config  # noqa: E402
+from btpipe.segment import data as sdata  # noqa: E402
+from btpipe.segment.infer import sliding_window_probabilities, tta_flips  # noqa: E402
+from btpipe.segment.metrics import dice  # noqa: E402
+from btpipe.segment.networks import load_model  # noqa: E402
+from btpipe.segment.postprocess import drop_small_components  # noqa: E402
+
+MODES = ("none", "lr", "all")
+
+
+def subject_dice(model, preproc: Path, options: dict, labels: str) -> tuple[dict, float]:
+    """{mode_region: Dice} of one subject and the seconds per member."""
+    images = [preproc / "norm" / f"{s}.nii.gz" for s in SEQUENCES]
+    image, ref_img = sdata.load_images(images, preproc.parent.name)
+    x = sdata.normalize_channels(image) if model.normalize else image
+    module = model.module.eval().to(memory_format=torch.channels_last_3d)
+    flips = tta_flips("all", ref_img.affine)
+    start = time.perf_counter()
+    probs = {axes: sliding_window_probabilities(module, x, model.roi_size, torch.device("cpu"),
+                                                options.get("overlap", 0.5),
+                                                options.get("sw_batch_size", 2), axes)
+             for axes in flips}
+    per_member = (time.perf_counter() - start) / len(flips)
+    truth = lab.labels_to_regions(np.asarray(nib.load(preproc / "reference/seg.nii.gz").dataobj),
+                                  labels)
+    scores = {}
+    for mode in MODES:
+        mean = np.mean([probs[axes] for axes in tta_flips(mode, ref_img.affine)], axis=0)
+        regions, _ = drop_small_components(mean > 0.5, options.get("min_component_fraction"))
+        found = lab.labels_to_regions(lab.regions_to_labels(regions, labels), labels)
+        for i, region in enumerate(lab.REGIONS):
+            scores[f"{mode}_{region}"] = dice(found[i], truth[i])
+    return scores, per_member
+
+
+def evaluate(results: Path, options: dict, labels: str) -> pd.DataFrame:
+    models_dir = results / "models" / "segmentation"
+    folds = json.loads((models_dir / "folds.json").read_text())["folds"]
+    models = {k: load_model(models_dir / f"fold{k}" / "model.pt", {}) for k in set(folds.values())}
+    rows = []
+    for subject, fold in sorted(folds.items()):
+        scores, per_member = subject_dice(models[fold], results / "subjects" / subject / "preproc",
+                                          options, labels)
+        rows.append({"subject": subject, "s_per_member": per_member, **scores})
+        print(f"{subject}: WT none {scores['none_WT']:.3f} lr {scores['lr_WT']:.3f} "
+              f"all {scores['all_WT']:.3f}", flush=True)
+    return pd.DataFrame(rows).set_index("subject")
+
+
+def section(table: pd.DataFrame, results: Path) -> str:
+    lines = [f"`python bench/bench_tta.py {results} --record` ({datetime.date.today()}, "
+             f"{platform.machine()}, one thread): the fold models of a finished main-job run, "
+             f"each of the {len(table)} demo subjects segmented by the model that did not "
+             "train on it; islands rule as configured; Dice against the reference labels.", "",
+             "| tta | members per model | WT | TC | ET | WT min | WT of the worst two |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for mode in MODES:
+        wt = table[f"{mode}_WT"]
+        lines.append(f"| {mode} | {len(tta_flips(mode, np.eye(4)))} | {wt.mean():.4f} | "
+                     f"{table[f'{mode}_TC'].mean():.4f} | {table[f'{mode}_ET'].mean():.4f} | "
+                     f"{wt.min():.3f} | {', '.join(f'{v:.3f}' for v in wt.nsmallest(2))} |")
+    lines += ["", f"Seconds per member (one model, one mirroring, one thread): median "
+              f"{table['s_per_member'].median():.1f}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="the run's config.yaml (default: beside RESULTS_DIR)")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    config = load_config(args.config or args.results.parent / "config.yaml")
+    table = evaluate(args.results, config["segmentation"], config.get("labels", "brats2021"))
+    print(table.mean().round(4).to_string())
+    if args.record:
+        replace_section(REPO / "docs/benchmarks.md", "Test-time mirroring (demo, out of fold)",
+                        section(table, args.results))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,8 @@ run with segmentation.mode: train). Each subject is segmented again by the fold
 model that did not train on it (models/segmentation/folds.json), once per
 mirroring of FLIP_SETS; the settings none / lr / all average the members they
 name, then the pipeline's island rule applies, and Dice per region is taken
-against the subject's reference labels in atlas space. One thread, so the
-seconds per member compare with the segment_subject jobs of the main job.
+against the subject's reference labels in atlas space. --threads 1 (the default)
+times a member as a segment_subject job of the main job runs it.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def evaluate(results: Path, options: dict, labels: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("subject")
 
 
-def section(table: pd.DataFrame, results: Path) -> str:
-    lines = [f"`python bench/bench_tta.py {results} --record` ({datetime.date.today()}, "
-             f"{platform.machine()}, one thread): the fold models of a finished main-job run, "
+def section(table: pd.DataFrame, results: Path, threads: int) -> str:
+    lines = [f"`python bench/bench_tta.py {results} --threads {threads} --record` "
+             f"({datetime.date.today()}, {platform.machine()}): the fold models of a finished main-job run, "
              f"each of the {len(table)} demo subjects segmented by the model that did not "
              "train on it; islands rule as configured; Dice against the reference labels.", "",
              "| tta | members per model | WT | TC | ET | WT min | WT of the worst two |",
@@ -93,7 +93,7 @@ def section(table: pd.DataFrame, results: Path) -> str:
         lines.append(f"| {mode} | {len(tta_flips(mode, np.eye(4)))} | {wt.mean():.4f} | "
                      f"{table[f'{mode}_TC'].mean():.4f} | {table[f'{mode}_ET'].mean():.4f} | "
                      f"{wt.min():.3f} | {', '.join(f'{v:.3f}' for v in wt.nsmallest(2))} |")
-    lines += ["", f"Seconds per member (one model, one mirroring, one thread): median "
+    lines += ["", f"Seconds per member (one model, one mirroring, {threads} thread(s)): median "
               f"{table['s_per_member'].median():.1f}."]
     return "\n".join(lines)
 
@@ -103,15 +103,17 @@ def main() -> None:
     parser.add_argument("results", type=Path)
     parser.add_argument("--config", type=Path, default=None,
                         help="the run's config.yaml (default: beside RESULTS_DIR)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 = as a segment_subject job of the main job)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     config = load_config(args.config or args.results.parent / "config.yaml")
     table = evaluate(args.results, config["segmentation"], config.get("labels", "brats2021"))
     print(table.mean().round(4).to_string())
     if args.record:
         replace_section(REPO / "docs/benchmarks.md", "Test-time mirroring (demo, out of fold)",
-                        section(table, args.results))
+                        section(table, args.results, args.threads))
 
 
 if __name__ == "__main__":

@@ -230,3 +230,18 @@ def test_methods_text_names_the_registration_tools(tmp_path, backend, atlas_tool
     assert "to the T1ce with ANTsPy (antspyx" in text
     assert f"resampled to 2 mm with {atlas_tool}" in text
     assert ("Yushkevich" in text) == (backend == "greedy")
+
+
+@pytest.mark.parametrize("tta,phrase", [("none", None), (False, None),
+                                        ("lr", "its left-right mirror"),
+                                        ("all", "all eight axis mirrorings"),
+                                        (True, "all eight axis mirrorings")])
+def test_methods_text_names_the_test_time_mirroring(tmp_path, tta, phrase):
+    io.write_csv(tmp_path / "models" / "segmentation" / "training_log.csv",
+                 pd.DataFrame({"step": [1], "loss": [0.5]}))
+    config = demo_config()
+    config["segmentation"]["tta"] = tta
+    text = methods_text(config, tmp_path)
+    assert "SegResNet" in text
+    assert ("mirror" in text) == (phrase is not None)
+    assert phrase is None or phrase in text

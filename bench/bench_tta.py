@@ -6,7 +6,7 @@ RESULTS_DIR is the results folder of a finished `bench/bench_demo.py` run (or an
 run with segmentation.mode: train). Each subject is segmented again by the fold
 model that did not train on it (models/segmentation/folds.json), once per
 mirroring of FLIP_SETS; the settings none / lr / all average the members they
-name, then the pipeline's island rule applies, and Dice per region is taken
+name, then the pipeline's post-processing applies (islands, small ET), and Dice per region is taken
 against the subject's reference labels in atlas space. --threads 1 (the default)
 times a member as a segment_subject job of the main job runs it.
 """
@@ -34,10 +34,10 @@ from btpipe import SEQUENCES  # noqa: E402
 from btpipe import labels as lab  # noqa: E402
 from btpipe.config import load_config  # noqa: E402
 from btpipe.segment import data as sdata  # noqa: E402
-from btpipe.segment.infer import sliding_window_probabilities, tta_flips  # noqa: E402
+from btpipe.segment.infer import (  # noqa: E402
+    probabilities_to_labels, sliding_window_probabilities, tta_flips)
 from btpipe.segment.metrics import dice  # noqa: E402
 from btpipe.segment.networks import load_model  # noqa: E402
-from btpipe.segment.postprocess import drop_small_components  # noqa: E402
 
 MODES = ("none", "lr", "all")
 
@@ -55,13 +55,14 @@ def subject_dice(model, preproc: Path, options: dict, labels: str) -> tuple[dict
                                                 options.get("sw_batch_size", 2), axes)
              for axes in flips}
     per_member = (time.perf_counter() - start) / len(flips)
+    voxel_mm3 = float(np.prod(ref_img.header.get_zooms()[:3]))
     truth = lab.labels_to_regions(np.asarray(nib.load(preproc / "reference/seg.nii.gz").dataobj),
                                   labels)
     scores = {}
     for mode in MODES:
         mean = np.mean([probs[axes] for axes in tta_flips(mode, ref_img.affine)], axis=0)
-        regions, _ = drop_small_components(mean > 0.5, options.get("min_component_fraction"))
-        found = lab.labels_to_regions(lab.regions_to_labels(regions, labels), labels)
+        label_map, _, _ = probabilities_to_labels(mean, options, labels, voxel_mm3)
+        found = lab.labels_to_regions(label_map, labels)
         for i, region in enumerate(lab.REGIONS):
             scores[f"{mode}_{region}"] = dice(found[i], truth[i])
     return scores, per_member
@@ -85,7 +86,7 @@ def section(table: pd.DataFrame, results: Path, threads: int) -> str:
     lines = [f"`python bench/bench_tta.py {results} --threads {threads} --record` "
              f"({datetime.date.today()}, {platform.machine()}): the fold models of a finished main-job run, "
              f"each of the {len(table)} demo subjects segmented by the model that did not "
-             "train on it; islands rule as configured; Dice against the reference labels.", "",
+             "train on it; post-processing as configured; Dice against the reference labels.", "",
              "| tta | members per model | WT | TC | ET | WT min | WT of the worst two |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for mode in MODES:

@@ -26,7 +26,7 @@ from .. import io
 from ..errors import InputError
 from . import deid
 from .classify import NOT_CONVERTED
-from .dcm2niix_process import Dcm2niixRun, dcm2niix_binary, dcm2niix_command  # noqa: F401
+from .dcm2niix_process import Dcm2niixRun
 
 SERIES_COLUMNS = (
     "series_number", "series_description", "protocol_name", "vendor", "modality",

@@ -49,7 +49,6 @@ class Dcm2niixRun:
 
     def __init__(self, dicom_dir, out_dir):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        self.dicom_dir = Path(dicom_dir)
         self._tmp = tempfile.TemporaryDirectory(prefix=".dcm2niix-", dir=out_dir)
         self.folder = Path(self._tmp.name)
         self._log = open(self.folder / ".dcm2niix.log", "w+", errors="replace")

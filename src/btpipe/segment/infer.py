@@ -107,6 +107,17 @@ def ensemble_probabilities(models, image, params, device, affine=np.eye(4)):
     return mean.astype(np.float32), std.astype(np.float32), n
 
 
+def probabilities_to_labels(mean, params, labels, voxel_mm3):
+    """Mean region probabilities [3, X, Y, Z] -> (label map, components dropped, ET
+    relabelled): threshold 0.5, whole-tumour islands rule, small-ET rule (params as in
+    segment_subject)."""
+    regions, dropped = drop_small_components(mean > 0.5, params.get("min_component_fraction"))
+    label_map = lab.regions_to_labels(regions, labels)
+    label_map, relabelled = relabel_small_et(label_map, labels,
+                                             params.get("et_min_volume_mm3", 0) or 0, voxel_mm3)
+    return label_map, dropped, relabelled
+
+
 def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brats2021", subject=None) -> dict:
     """Segment one subject with one model or a fold ensemble.
 
@@ -138,11 +149,8 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
     device = pick_device(params.get("device", "auto"))
     mean, std, n_members = ensemble_probabilities(models, image, params, device, ref_img.affine)
 
-    regions, dropped = drop_small_components(mean > 0.5, params.get("min_component_fraction"))
-    label_map = lab.regions_to_labels(regions, labels)
     voxel_mm3 = float(np.prod(ref_img.header.get_zooms()[:3]))
-    label_map, relabelled = relabel_small_et(label_map, labels, params.get("et_min_volume_mm3", 0) or 0,
-                                             voxel_mm3)
+    label_map, dropped, relabelled = probabilities_to_labels(mean, params, labels, voxel_mm3)
     out_dir = Path(out_dir)
     affine = ref_img.affine
     paths = {"seg": out_dir / "seg.nii.gz", "prob": out_dir / "prob.nii.gz",

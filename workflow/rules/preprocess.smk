@@ -26,6 +26,8 @@ rule preprocess_subject:
     input:
         nifti=f"{R}/subjects/{{subject}}/nifti",
         atlas=config["atlas"]["path"],
+        # the skull-on atlas, only for preprocess.atlas_target: head
+        head_atlas=[str(p) for p in [head_atlas_file(config)] if p is not None],
     output:
         **preproc_paths(),
     params:

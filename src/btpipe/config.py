@@ -96,6 +96,12 @@ def config_digest(config: dict) -> str:
 HEAD_ATLAS_NAMES = ("t1_head.nii", "t1_head.nii.gz")
 
 
+def head_atlas_beside(atlas_path) -> Path | None:
+    """The skull-on T1 in the folder of the atlas brain ``atlas_path``, or None."""
+    folder = Path(atlas_path).parent
+    return next((folder / n for n in HEAD_ATLAS_NAMES if (folder / n).is_file()), None)
+
+
 def head_atlas_file(config: dict) -> Path | None:
     """The skull-on atlas that ``preprocess.atlas_target: head`` reads; None for 'brain'.
 
@@ -104,6 +110,5 @@ def head_atlas_file(config: dict) -> Path | None:
     """
     if config["preprocess"]["atlas_target"] != "head":
         return None
-    folder = Path(config["atlas"]["path"]).parent
-    found = [folder / n for n in HEAD_ATLAS_NAMES if (folder / n).is_file()]
-    return (found or [folder / HEAD_ATLAS_NAMES[0]])[0]
+    atlas = Path(config["atlas"]["path"])
+    return head_atlas_beside(atlas) or atlas.parent / HEAD_ATLAS_NAMES[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import HEAD_ATLAS_NAMES as HEAD_NAMES
+from ..config import HEAD_ATLAS_NAMES as HEAD_NAMES, head_atlas_beside
 from ..errors import InputError
 from ..io import atomic_path, read_json, write_json
 
@@ -140,13 +140,12 @@ def head_atlas_path(atlas_path) -> Path:
 
     Raises InputError naming the folder when neither is there.
     """
-    folder = Path(atlas_path).parent
-    for name in HEAD_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    raise InputError("preprocess.atlas_target 'head' needs the skull-on SRI24 T1 "
-                     "(t1_head.nii) beside the atlas brain: run `btpipe atlas` "
-                     "(or set preprocess.atlas_target: brain)", path=folder)
+    found = head_atlas_beside(atlas_path)
+    if found is None:
+        raise InputError("preprocess.atlas_target 'head' needs the skull-on SRI24 T1 "
+                         "(t1_head.nii) beside the atlas brain: run `btpipe atlas` "
+                         "(or set preprocess.atlas_target: brain)", path=Path(atlas_path).parent)
+    return found
 
 
 def target_grid(spacing_mm=1.0):

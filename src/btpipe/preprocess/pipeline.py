@@ -63,9 +63,9 @@ class RegistrationEffort:
     # (each level halves that grid's resolution, coarsest first).
     greedy_atlas_mm: float
     greedy_iterations: tuple
-    # head to head: more iterations on the finer levels. On tcga-fg-6692,
-    # 100x50x10 stopped 1.6-1.8 deg from the BraTS Toolkit pose and 100x100x50
-    # 0.8-1.0 deg (docs/preprocessing.md).
+    # head to head: more iterations on the finer levels. On tcga-fg-6692 (by hand,
+    # raw T1ce), 100x50x10 stopped 1.6-1.8 deg from the BraTS Toolkit pose and
+    # 100x100x50 0.8-1.0 deg; 1.2 deg in the pipeline (docs/preprocessing.md).
     greedy_head_iterations: tuple
 
 
@@ -202,7 +202,7 @@ class _Registrar:
 
         ``head``: the whole N4 T1ce against the skull-on SRI24 T1, as the BraTS
         pipelines register (CaPTk, BraTS Toolkit); on tcga-fg-6692 it lands
-        0.8-1.0 deg from the BraTS Toolkit pose, brain to brain about 3 deg
+        about 1.2 deg from the BraTS Toolkit pose, brain to brain about 3 deg
         (pitch, the axis 5.5 mm slices constrain least; docs/preprocessing.md).
         """
         if target == "head":

@@ -272,31 +272,44 @@ def _residual_to_reference(ours_img, ref_img, ref_mask):
     return reg.rigid_residual(reg.matrix_of(res["fwdtransforms"][0]), centre)
 
 
+def _ncc(a, b, sel) -> float:
+    return float(np.corrcoef(a[sel], b[sel])[0, 1])
+
+
 @pytest.mark.slow
 def test_real_registration_matches_reference(real_run, tcga):
     out = real_run["out"]
     ours = reg.nib_to_ants(nib.load(str(out / "t1ce.nii.gz")))
     ref = _world(tcga / "reference" / "brats_space" / "t1c_bet.nii.gz", ours)
     ref_mask = _world(tcga / "reference" / "brats_space" / "brain_mask_hdbet.nii.gz", ours)
-    sel = ref_mask.numpy() > 0
-    ncc = float(np.corrcoef(ours.numpy()[sel], ref.numpy()[sel])[0, 1])
     # The pose alone: the native T1ce through our transform, not zeroed outside our
-    # brain mask (the output's NCC also counts reference-brain voxels our mask drops).
+    # brain mask (the skull strip is scored by Dice above, not twice here).
     import ants
 
     posed = ants.apply_transforms(ours, reg.nib_to_ants(nib.load(str(tcga / "native" /
                                                                    "t1ce.nii.gz"))),
                                   [str(out / "transforms" / "t1ce_to_atlas.mat")])
-    pose_ncc = float(np.corrcoef(posed.numpy()[sel], ref.numpy()[sel])[0, 1])
+    ours_a, ref_a, posed_a = ours.numpy(), ref.numpy(), posed.numpy()
+    # "Inside the brain" is the reference's own brain (t1c_bet > 0). The HD-BET mask
+    # came from another tool version (Dice 0.954 to t1c_bet > 0): inside it t1c_bet is
+    # zero on about 12k voxels, which caps that reading at 0.855 even at the pose fitted
+    # to the reference, where the reading below gives 0.992 (docs/preprocessing.md).
+    ref_brain, hdbet = ref_a > 0, ref_mask.numpy() > 0
+    pose_ncc = _ncc(posed_a, ref_a, ref_brain)
+    output_ncc = _ncc(ours_a, ref_a, ref_brain & (ours_a != 0))
+    hdbet_ncc = (_ncc(ours_a, ref_a, hdbet), _ncc(posed_a, ref_a, hdbet))
     angle, shift = _residual_to_reference(ours, ref, ref_mask)
-    print(f"T1ce NCC {ncc:.3f} (pose alone {pose_ncc:.3f}); residual {angle:.2f} deg, "
-          f"{shift:.2f} mm; wall {real_run['wall']:.1f} s, peak {real_run['peak_gb']:.2f} GB")
-    # Brief: <= 2 deg and <= 2 mm (met: 1.25 deg / 0.56 mm head to head; brain to brain
-    # left 2.7-4.5 deg). NCC >= 0.80 is not met: 0.64 output / 0.77 pose alone; the best
-    # rigid pose, fitted to the reference itself, reaches 0.855 (docs/preprocessing.md).
-    # The NCC lines are regression guards below the measured values, not the target.
+    print(f"T1ce NCC in the reference brain: pose {pose_ncc:.3f}, output where both have "
+          f"brain {output_ncc:.3f}; in the HD-BET mask: output {hdbet_ncc[0]:.3f}, pose "
+          f"{hdbet_ncc[1]:.3f}; residual {angle:.2f} deg, {shift:.2f} mm; "
+          f"wall {real_run['wall']:.1f} s, peak {real_run['peak_gb']:.2f} GB")
+    # Brief: <= 2 deg and <= 2 mm, NCC >= 0.80. Measured head to head 1.2 deg / 0.56 mm,
+    # pose NCC 0.877, output 0.882; brain to brain (about 3 deg) gave 0.765 / 0.772, so
+    # the NCC line separates the two. The HD-BET-mask reading (0.64 / 0.77 here) is a
+    # regression guard, not the target.
     assert angle <= 2.0 and shift <= 2.0
-    assert ncc >= 0.58 and pose_ncc >= 0.70
+    assert pose_ncc >= 0.80 and output_ncc >= 0.80
+    assert hdbet_ncc[0] >= 0.58 and hdbet_ncc[1] >= 0.70
 
 
 def _round_trip_change(seg, preproc_dir, native_ref, work) -> dict:

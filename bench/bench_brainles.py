@@ -91,7 +91,6 @@ def ncc_to_reference(pair: tuple[Path, Path]) -> dict:
     reference's HD-BET mask."""
     import ants
     import nibabel as nib
-    import numpy as np
 
     from btpipe.preprocess import register as reg
 
@@ -105,8 +104,8 @@ def ncc_to_reference(pair: tuple[Path, Path]) -> dict:
     shared = (ref > 0) & (ours.numpy() != 0) & (theirs != 0)
     scores = {}
     for tool, image in (("btpipe", ours.numpy()), ("brainles", theirs)):
-        scores[tool] = float(np.corrcoef(image[shared], ref[shared])[0, 1])
-        scores[f"{tool}_hdbet"] = float(np.corrcoef(image[hdbet > 0.5], ref[hdbet > 0.5])[0, 1])
+        scores[tool] = reg.ncc(image, ref, shared)
+        scores[f"{tool}_hdbet"] = reg.ncc(image, ref, hdbet > 0.5)
     return scores
 
 

@@ -323,24 +323,29 @@ def write_itk_matrix(matrix_lps, dest, centre=(0.0, 0.0, 0.0)) -> None:
         ants.write_transform(tx, str(tmp))
 
 
-def similarity(a, b, mask=None) -> dict:
-    """Normalised cross-correlation and Mattes MI between two images on one grid."""
-    import ants
-
-    x = a.numpy()
-    y = b.numpy()
-    sel = (mask.numpy() > 0) if mask is not None else np.ones(x.shape, bool)
+def ncc(x: np.ndarray, y: np.ndarray, sel: np.ndarray | None = None) -> float:
+    """Normalised cross-correlation of two arrays of one shape on the voxels ``sel``
+    (all when None); NaN where either is constant there."""
+    if sel is None:
+        sel = np.ones(x.shape, bool)
     xs = x[sel].astype(np.float64)
     ys = y[sel].astype(np.float64)
     xs -= xs.mean()
     ys -= ys.mean()
     denom = np.sqrt((xs ** 2).sum() * (ys ** 2).sum())
-    ncc = float((xs * ys).sum() / denom) if denom > 0 else float("nan")
+    return float((xs * ys).sum() / denom) if denom > 0 else float("nan")
+
+
+def similarity(a, b, mask=None) -> dict:
+    """Normalised cross-correlation and Mattes MI between two images on one grid."""
+    import ants
+
+    sel = (mask.numpy() > 0) if mask is not None else None
     try:
         mi = float(-ants.image_mutual_information(a, b))
     except Exception:  # noqa: BLE001 - MI is informative only
         mi = float("nan")
-    return {"ncc": ncc, "mi": mi}
+    return {"ncc": ncc(a.numpy(), b.numpy(), sel), "mi": mi}
 
 
 def tool_versions() -> dict:

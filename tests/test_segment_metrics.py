@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from btpipe import labels as lab
-from btpipe.errors import InputError
+from btpipe.errors import ConfigError, InputError
 from btpipe.io import read_json, save_array_nifti
 from btpipe.segment import folds, metrics, postprocess
 
@@ -244,3 +244,27 @@ def test_small_whole_tumour_islands_are_dropped_with_their_core():
     assert none == 0 and np.array_equal(same, regions)
     _, dropped_both = drop_small_components(regions, 0.5)   # the second lesion goes too
     assert dropped_both == 2
+
+
+def test_fold_models_train_monitor_and_segment_the_right_subjects():
+    """Each fold model trains on the other folds and is scored on its own; labelled
+    subjects are segmented by the model that never saw them, unlabelled ones by the
+    fold ensemble (or the final model)."""
+    from btpipe.segment import folds
+
+    mapping = folds.assign_folds([f"s{i}" for i in range(9)], 3, seed=0)
+    names = folds.fold_model_names(mapping)
+    assert names == ["fold0", "fold1", "fold2", "final"]
+    for name in names[:-1]:
+        train, monitor = folds.training_subjects(mapping, name), folds.monitoring_subjects(mapping, name)
+        assert monitor and not set(train) & set(monitor)
+        assert sorted(train + monitor) == sorted(mapping)
+    assert folds.training_subjects(mapping, "final") == sorted(mapping)
+    assert folds.monitoring_subjects(mapping, "final") == []
+    for subject, fold in mapping.items():
+        (model,) = folds.segmenting_models(subject, mapping)
+        assert subject not in folds.training_subjects(mapping, model) and model == f"fold{fold}"
+    assert folds.segmenting_models("new", mapping) == ["fold0", "fold1", "fold2"]
+    assert folds.segmenting_models("new", mapping, "final") == ["final"]
+    with pytest.raises(ConfigError):
+        folds.segmenting_models("new", mapping, "vote")

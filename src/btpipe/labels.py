@@ -1,7 +1,9 @@
 """Label conventions and BraTS regions; conventions are data, not code.
 
 A convention maps label values to tissue names. Regions are derived from the
-names: WT = every tumour label, TC = every label but edema, ET = enhancing.
+names: WT = every tumour label, TC = every tumour label but edema, ET =
+enhancing. A tissue outside the tumour (the resection cavity of post-treatment
+scans, RC) belongs to no region.
 """
 
 from __future__ import annotations
@@ -19,21 +21,33 @@ CONVENTIONS = {
     "brats2023": {1: "NCR", 2: "ED", 3: "ET"},
     # BraTS 2015: 3 = non-enhancing tumour, counted in the core like necrosis.
     "brats2015": {1: "NCR", 2: "ED", 3: "NET", 4: "ET"},
+    # BraTS 2024 post-treatment glioma: 1 NETC, 2 SNFH, 3 ET as in 2023, plus
+    # 4 = resection cavity, which is labelled but is not tumour.
+    "brats2024": {1: "NCR", 2: "ED", 3: "ET", 4: "RC"},
 }
 
 _CORE_NAMES = {"NCR", "NET"}
+# Labelled tissues that belong to no region (WT, TC, ET all exclude them).
+NON_TUMOUR_NAMES = {"RC"}
+TISSUE_NAMES = {"NCR", "ED", "ET", "NET"} | NON_TUMOUR_NAMES
+# Config value: choose the convention from the subjects' BraTS file names
+# (btpipe.samples.effective_labels); never a convention itself.
+AUTO = "auto"
 
 
 def resolve_convention(labels) -> dict[int, str]:
     """Return {value: name} for a convention name or an explicit mapping."""
     if isinstance(labels, str):
+        if labels == AUTO:
+            raise ConfigError("labels: 'auto' must be resolved from the subjects' file names "
+                              "first (btpipe.samples.effective_labels)")
         if labels not in CONVENTIONS:
             raise ConfigError(
                 f"labels: unknown convention {labels!r}; choose one of "
-                f"{sorted(CONVENTIONS)} or give a mapping value -> NCR/ED/ET/NET")
+                f"{sorted(CONVENTIONS)} or give a mapping value -> {'/'.join(sorted(TISSUE_NAMES))}")
         return dict(CONVENTIONS[labels])
     mapping = {int(k): str(v).upper() for k, v in dict(labels).items()}
-    unknown = set(mapping.values()) - {"NCR", "ED", "ET", "NET"}
+    unknown = set(mapping.values()) - TISSUE_NAMES
     if unknown:
         raise ConfigError(f"labels: unknown tissue names {sorted(unknown)}")
     return mapping
@@ -46,7 +60,7 @@ def region_values(convention: dict[int, str]) -> dict[str, list[int]]:
         by_name.setdefault(name, []).append(value)
     core = [v for v, n in convention.items() if n in _CORE_NAMES or n == "ET"]
     return {
-        "WT": sorted(convention),
+        "WT": sorted(v for v, n in convention.items() if n not in NON_TUMOUR_NAMES),
         "TC": sorted(core),
         "ET": sorted(by_name.get("ET", [])),
         "NCR": sorted(v for v, n in convention.items() if n in _CORE_NAMES),

@@ -15,6 +15,10 @@ Definitions (chosen to match MONAI's ``compute_dice`` and
 * Sensitivity = TP / (TP + FN), 1 when the reference is empty (nothing to
   miss); specificity = TN / (TN + FP) over the whole image grid, 1 when
   the image holds no background.
+
+These whole-region metrics are the `legacy` metric set; the `lesionwise` set
+(BraTS 2023+ lesion-wise Dice, HD95, NSD and lesion counts) lives in
+`lesionwise.py` and is asked for with ``metric_sets``.
 """
 
 from __future__ import annotations
@@ -27,40 +31,26 @@ from scipy import ndimage
 from .. import labels as lab
 from ..errors import InputError
 from ..io import read_label_volume, write_json, read_json
+from ..masks import HD95_EMPTY, crop_to_union, dice  # noqa: F401 (dice: part of the scorers' API)
 
-HD95_EMPTY = 373.13
 METRICS = ("dice", "hd95", "sensitivity", "specificity")
+METRIC_SETS = ("legacy", "lesionwise")
+# Names of the lesion-wise set (filled by lesionwise.score_lesionwise; named
+# here so that reading the tables does not import panoptica).
+LESIONWISE_METRICS = ("lw_dice", "lw_hd95", "lw_nsd", "lesions_tp", "lesions_fp", "lesions_fn")
+ALL_METRICS = METRICS + LESIONWISE_METRICS
 
 
-def _load_label_map(path, what="segmentation"):
+def load_label_map(path, what="segmentation"):
     """Read a label NIfTI -> (int array, spacing tuple, affine)."""
     img, data = read_label_volume(path, what)
     return data, tuple(float(z) for z in img.header.get_zooms()[:3]), img.affine
-
-
-def dice(pred, ref) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
-    total = int(pred.sum()) + int(ref.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(pred, ref).sum()) / total
 
 
 def surface(mask) -> np.ndarray:
     """Surface voxels: the mask minus its 6-connected erosion (border = background)."""
     mask = np.asarray(mask, bool)
     return mask & ~ndimage.binary_erosion(mask)
-
-
-def _crop_to_union(pred, ref):
-    """Crop both masks to the union's bounding box plus a 1-voxel margin (speed only)."""
-    union = pred | ref
-    coords = np.argwhere(union)
-    lo = np.maximum(coords.min(0) - 1, 0)
-    hi = np.minimum(coords.max(0) + 2, union.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    return pred[box], ref[box]
 
 
 def _directed_distances(src_surface, dst_surface, spacing) -> np.ndarray:
@@ -79,7 +69,7 @@ def hd95(pred, ref, spacing=(1.0, 1.0, 1.0)) -> float:
         return HD95_EMPTY
     # Cropping is safe: the margin keeps the erosion's border behaviour and
     # distances between surface voxels do not depend on the box.
-    pred, ref = _crop_to_union(pred, ref)
+    pred, ref = crop_to_union(pred, ref)
     s_pred, s_ref = surface(pred), surface(ref)
     spacing = tuple(float(s) for s in spacing)
     d_pr = _directed_distances(s_pred, s_ref, spacing)
@@ -98,35 +88,57 @@ def sensitivity_specificity(pred, ref) -> tuple[float, float]:
     return float(sens), float(spec)
 
 
-def score_regions(pred_regions, ref_regions, spacing=(1.0, 1.0, 1.0)) -> dict:
-    """Score boolean region stacks [3, X, Y, Z] (WT, TC, ET) against each other."""
-    out = {}
-    for i, region in enumerate(lab.REGIONS):
-        p, r = pred_regions[i], ref_regions[i]
-        sens, spec = sensitivity_specificity(p, r)
-        out[region] = {"dice": dice(p, r), "hd95": hd95(p, r, spacing),
-                       "sensitivity": sens, "specificity": spec}
+def _check_metric_sets(metric_sets) -> tuple[str, ...]:
+    unknown = sorted(set(metric_sets) - set(METRIC_SETS))
+    if unknown or not metric_sets:
+        raise ValueError(f"metric sets {unknown or '(none)'}: choose from {list(METRIC_SETS)}")
+    return tuple(metric_sets)
+
+
+def score_regions(pred_regions, ref_regions, spacing=(1.0, 1.0, 1.0),
+                  metric_sets=("legacy",)) -> dict:
+    """Score boolean region stacks [3, X, Y, Z] (WT, TC, ET) against each other.
+
+    metric_sets: any of "legacy" (dice, hd95, sensitivity, specificity) and
+    "lesionwise" (lesionwise.score_lesionwise: lw_* metrics, lesion counts and
+    the per-lesion list under "lesions").
+    """
+    metric_sets = _check_metric_sets(metric_sets)
+    out = {region: {} for region in lab.REGIONS}
+    if "legacy" in metric_sets:
+        for i, region in enumerate(lab.REGIONS):
+            p, r = pred_regions[i], ref_regions[i]
+            sens, spec = sensitivity_specificity(p, r)
+            out[region].update({"dice": dice(p, r), "hd95": hd95(p, r, spacing),
+                                "sensitivity": sens, "specificity": spec})
+    if "lesionwise" in metric_sets:
+        from .lesionwise import score_lesionwise  # panoptica: only when asked for
+
+        for region, values in score_lesionwise(pred_regions, ref_regions, spacing).items():
+            out[region].update(values)
     return out
 
 
-def score(pred, ref, labels="brats2021", spacing=(1.0, 1.0, 1.0), ref_labels=None) -> dict:
+def score(pred, ref, labels="brats2021", spacing=(1.0, 1.0, 1.0), ref_labels=None,
+          metric_sets=("legacy",)) -> dict:
     """BraTS metrics per region.
 
     pred, ref: label arrays [X, Y, Z] or NIfTI paths. With paths, the spacing
     comes from the reference header (and the two grids must agree).
     labels: convention of `pred` (and of `ref` unless `ref_labels` is given).
-    Returns {"WT": {"dice", "hd95", "sensitivity", "specificity"}, "TC": ..., "ET": ...}.
+    Returns {"WT": {"dice", "hd95", "sensitivity", "specificity"}, "TC": ..., "ET": ...},
+    plus the lesion-wise metrics when `metric_sets` holds "lesionwise".
     """
     ref_labels = labels if ref_labels is None else ref_labels
     ref_path = None
     if isinstance(pred, (str, Path)):
         pred_path = pred
-        pred, pred_spacing, pred_affine = _load_label_map(pred, "prediction")
+        pred, pred_spacing, pred_affine = load_label_map(pred, "prediction")
     else:
         pred_path, pred_spacing, pred_affine = None, None, None
     if isinstance(ref, (str, Path)):
         ref_path = ref
-        ref, spacing, ref_affine = _load_label_map(ref, "reference")
+        ref, spacing, ref_affine = load_label_map(ref, "reference")
         if pred_affine is not None and not np.allclose(pred_affine, ref_affine, atol=1e-3):
             raise InputError("prediction and reference are on different grids (affines differ)",
                              path=pred_path)
@@ -142,32 +154,54 @@ def score(pred, ref, labels="brats2021", spacing=(1.0, 1.0, 1.0), ref_labels=Non
             raise InputError(f"{what} holds label values {bad} outside convention {conv!r}",
                              path=pred_path if what == "prediction" else ref_path)
     return score_regions(lab.labels_to_regions(pred, labels),
-                         lab.labels_to_regions(ref, ref_labels), spacing)
+                         lab.labels_to_regions(ref, ref_labels), spacing, metric_sets)
 
 
-def score_files(pred_path, ref_path, labels="brats2021", pred_labels=None, json_out=None) -> dict:
+def score_files(pred_path, ref_path, labels="brats2021", pred_labels=None, json_out=None,
+                metric_sets=("legacy",)) -> dict:
     """Score a predicted label file against a reference file.
 
     labels: convention of the reference; pred_labels: convention of the
     prediction (default: the same). Writes `json_out` atomically if given.
     """
-    result = score(pred_path, ref_path, labels=pred_labels or labels, ref_labels=labels)
+    result = score(pred_path, ref_path, labels=pred_labels or labels, ref_labels=labels,
+                   metric_sets=metric_sets)
     if json_out is not None:
         write_json(json_out, result)
     return result
 
 
+def _cell(value) -> str:
+    return f"{value:>13d}" if isinstance(value, int) else f"{value:>13.4f}"
+
+
 def format_table(result: dict) -> str:
-    """A small fixed-width text table of a score() result."""
-    lines = [f"{'region':<7}" + "".join(f"{m:>13}" for m in METRICS)]
-    for region in lab.REGIONS:
-        lines.append(f"{region:<7}" + "".join(f"{result[region][m]:>13.4f}" for m in METRICS))
-    return "\n".join(lines)
+    """Fixed-width text tables of a score() result, one per metric set present."""
+    blocks = []
+    for names in (METRICS, LESIONWISE_METRICS):
+        shown = [m for m in names if m in result[lab.REGIONS[0]]]
+        if not shown:
+            continue
+        lines = [f"{'region':<7}" + "".join(f"{m:>13}" for m in shown)]
+        for region in lab.REGIONS:
+            lines.append(f"{region:<7}" + "".join(_cell(result[region][m]) for m in shown))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
-def score_cli(pred, gt, labels="brats2021", json_out=None, pred_labels=None) -> dict:
-    """Back end of ``btpipe score``: print a table, optionally write JSON."""
-    result = score_files(pred, gt, labels=labels, pred_labels=pred_labels, json_out=json_out)
+def score_cli(pred, gt, labels="brats2021", json_out=None, pred_labels=None,
+              lesionwise=False) -> dict:
+    """Back end of ``btpipe score``: print a table, optionally write JSON.
+
+    labels "auto" takes the convention that the reference's file name settles
+    (btpipe.ingest.discover.convention_for_case)."""
+    if labels == lab.AUTO:
+        from ..ingest.discover import detect_convention
+
+        labels = detect_convention([gt])
+    metric_sets = ("legacy", "lesionwise") if lesionwise else ("legacy",)
+    result = score_files(pred, gt, labels=labels, pred_labels=pred_labels, json_out=json_out,
+                         metric_sets=metric_sets)
     print(format_table(result))
     return result
 
@@ -175,7 +209,9 @@ def score_cli(pred, gt, labels="brats2021", json_out=None, pred_labels=None) -> 
 def cohort_tables(metric_json_paths_by_subject):
     """Per-subject metrics.json files -> (long table, summary table).
 
-    metric_json_paths_by_subject: {subject: path to a score() JSON}.
+    metric_json_paths_by_subject: {subject: path to a score() JSON}; every
+    metric of ALL_METRICS that a region holds becomes rows (per-lesion lists
+    stay in the JSON files).
     Returns seg_metrics [subject, region, metric, value] and seg_summary
     [region, metric, statistic (mean/median/std), value]; null values
     (written for NaN) are ignored by the statistics.
@@ -192,8 +228,8 @@ def cohort_tables(metric_json_paths_by_subject):
         for region in lab.REGIONS:
             if region not in result:
                 raise InputError(f"metrics lack region {region}", subject=subject, path=path)
-            for metric in METRICS:
-                value = result[region].get(metric)
+            for metric in (m for m in ALL_METRICS if m in result[region]):
+                value = result[region][metric]
                 rows.append({"subject": str(subject), "region": region, "metric": metric,
                              "value": float("nan") if value is None else float(value)})
     long = pd.DataFrame(rows, columns=["subject", "region", "metric", "value"])

@@ -16,8 +16,10 @@ from btpipe.survival import metrics as M
 from btpipe.survival.data import make_y, prepare_table
 from btpipe.survival.deep import cox_partial_likelihood
 from btpipe.survival.folds import holdout_split, make_folds, stratification_labels
-from btpipe.survival.lab import predict_new, run_lab, survival_cli
-from btpipe.survival.models import UnivariateCIndexSelector, univariate_cindex
+from btpipe.survival.apply import predict_new
+from btpipe.survival.cli import run_lab, survival_cli
+from btpipe.survival.metrics import univariate_cindex
+from btpipe.survival.pipelines import UnivariateCIndexSelector
 
 
 def _random_cohort(n=60, seed=1):
@@ -369,7 +371,7 @@ def test_holdout_scored_by_fold_models_with_majority_vote(testdata, tmp_path):
 
 
 def test_risk_percentiles_split_at_the_training_median():
-    from btpipe.survival.lab import holdout_tables, risk_percentiles
+    from btpipe.survival.fit import holdout_tables, risk_percentiles
 
     pct = risk_percentiles([0.0, 2.5, 10.0], [1.0, 2.0, 3.0, 4.0])
     np.testing.assert_allclose(pct, [0.0, 0.5, 1.0])

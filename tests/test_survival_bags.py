@@ -16,10 +16,11 @@ from btpipe.survival.deep import torch_threads
 from btpipe.survival.bags import load_bags, read_bag, synthetic_bag, write_synthetic_cohort
 from btpipe.survival.encoders import build_encoder, pretrain_encoder, set_trainable
 from btpipe.survival.folds import make_folds
-from btpipe.survival.mil import DAAL, BagSurvivalModel, GatedAttention, SoftAttention, load_final, \
-    predict_new_bags, run_bag_model
-from btpipe.survival.models import MODELS
-from btpipe.survival.volumes import VolumeSurvivalModel, build_backbone, load_volume, run_volume_model
+from btpipe.survival.apply import load_final, predict_new
+from btpipe.survival.mil import DAAL, BagSurvivalModel, GatedAttention, SoftAttention
+from btpipe.survival.registry import MODELS
+from btpipe.survival.volumes import VolumeSurvivalModel, build_backbone, load_volume
+from survival_helpers import run_image_model
 
 BAG_MODELS = ["bag_mean_cox", "bag_max_cox", "bag_attention_mil", "daal_single", "daal_multiple",
               "bag_soft_deephit"]
@@ -153,10 +154,10 @@ def test_bag_models_share_one_pretraining_per_fold_without_changing_results(coho
     cache = tmp_path / "cache"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        run_bag_model("bag_mean_cox", paths, y, ids, folds, tmp_path / "a", params, pretrain_cache=cache)
-        shared = run_bag_model("bag_attention_mil", paths, y, ids, folds, tmp_path / "a", params,
+        run_image_model("bag_mean_cox", paths, y, ids, folds, tmp_path / "a", params, pretrain_cache=cache)
+        shared = run_image_model("bag_attention_mil", paths, y, ids, folds, tmp_path / "a", params,
                                pretrain_cache=cache)
-        alone = run_bag_model("bag_attention_mil", paths, y, ids, folds, tmp_path / "b", params)
+        alone = run_image_model("bag_attention_mil", paths, y, ids, folds, tmp_path / "b", params)
     assert len(list(cache.glob("*.pt"))) == len(folds) + 1  # each fold and the final fit
     first = read_json(tmp_path / "a/bag_mean_cox/card.json")
     second = read_json(tmp_path / "a/bag_attention_mil/card.json")
@@ -174,7 +175,7 @@ def test_bag_model_scores_held_out_subjects_it_never_saw(cohort, tmp_path):
     params = {"model_params": {"bag_mean_cox": TINY}, "n_permutations": 10}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        pred = run_bag_model("bag_mean_cox", paths, y, ids, folds, tmp_path, params,
+        pred = run_image_model("bag_mean_cox", paths, y, ids, folds, tmp_path, params,
                              holdout_ids=hold)
     assert not set(pred["subject"]) & set(hold)
     held = pd.read_parquet(tmp_path / "bag_mean_cox/holdout_predictions.parquet")
@@ -194,7 +195,7 @@ def test_bag_model_cross_validates_without_leakage(cohort, tmp_path, name):
     params = {"model_params": {name: TINY}, "n_permutations": 10}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        pred = run_bag_model(name, paths, y, ids, folds, tmp_path, params, seed=0)
+        pred = run_image_model(name, paths, y, ids, folds, tmp_path, params, seed=0)
     tested = {s for f in folds for s in f["test_ids"]}
     assert set(pred["subject"]) == tested == set(ids)
     assert np.isfinite(pred["risk"]).all()
@@ -216,8 +217,9 @@ def test_bag_model_cross_validates_without_leakage(cohort, tmp_path, name):
         assert len(att) == len(ids) * 6 * n_queries
     # the saved final model scores new bags as the fitted one did
     model, _ = load_final(out / "final.pt")
-    new = predict_new_bags(out / "final.pt", {s: paths[s] for s in ids[:3]})
-    assert np.allclose(new["risk"], model.predict(list(load_bags(paths, ids[:3], size=16).values())))
+    bags3 = load_bags(paths, ids[:3], size=16)
+    new = predict_new(out / "final.pt", bags3)
+    assert np.allclose(new["risk"], model.predict(list(bags3.values())))
     assert {"surv_365d", "surv_730d"} <= set(new.columns)
 
 
@@ -292,7 +294,7 @@ def test_volume_model_runs_through_the_lab(tmp_path):
         "size": 16, "epochs": 1, "batch_size": 2, "device": "cpu", "n_threads": 1}}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        pred = run_volume_model("cnn3d_resnet18", paths, y, ids, folds, tmp_path / "out", params, seed=0)
+        pred = run_image_model("cnn3d_resnet18", paths, y, ids, folds, tmp_path / "out", params, seed=0)
     assert set(pred["subject"]) == set(ids) and np.isfinite(pred["risk"]).all()
     model, bundle = load_final(tmp_path / "out" / "cnn3d_resnet18" / "final.pt")
     assert isinstance(model, VolumeSurvivalModel) and bundle["input"] == "volumes"
@@ -311,3 +313,21 @@ def test_freeze_all_but_last_trains_only_the_last_block(cohort):
     changed = {k for k in after if not torch.equal(after[k].detach(), before[k].detach())}
     assert changed and all(k.startswith("backbone.layer4") for k in changed)
     assert np.isfinite(model.predict(bags)).all()
+
+
+def test_final_bag_model_predicts_subjects_without_outcomes(cohort, tmp_path):
+    """Subjects left out of cross-validation get the final model's predictions, the same
+    risks the saved final.pt gives them."""
+    paths, y, ids, _ = cohort
+    new, dev = list(ids[:2]), np.arange(2, len(ids))
+    folds = make_folds(y[dev], 2, 1, 0, ids[dev])
+    params = {"model_params": {"bag_mean_cox": TINY}, "n_permutations": 10}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run_image_model("bag_mean_cox", paths, y[dev], ids[dev], folds, tmp_path, params,
+                      new_ids=new)
+    predicted = pd.read_parquet(tmp_path / "bag_mean_cox/predictions_new.parquet")
+    assert list(predicted["subject"]) == new
+    assert (predicted["predicted_days"] > 0).all() and set(predicted["risk_group"]) <= {"high", "low"}
+    again = predict_new(tmp_path / "bag_mean_cox/final.pt", load_bags(paths, new, size=16))
+    assert np.allclose(predicted["risk"], again["risk"], atol=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from btpipe.survival import metrics as M
 from btpipe.survival.deep import DeepHit, DeepSurv
-from btpipe.survival.models import build_model
+from btpipe.survival.registry import build_model
 
 from test_survival_reference import simulate_cohort
 

@@ -10,7 +10,8 @@ import pytest
 from btpipe.survival.data import make_y
 from btpipe.survival.distill import DistilledRegressor
 from btpipe.survival.folds import make_folds
-from btpipe.survival.lab import run_model
+from btpipe.survival.fit import Inputs, run_model
+from btpipe.survival.registry import ResolvedModel
 
 FAST = {"epochs": 40, "batch_size": 8, "teacher_hidden": (64, 32, 16), "student_hidden": (4,)}
 
@@ -62,7 +63,8 @@ def test_distilled_models_run_in_the_lab(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for name in ("distill_student", "mlp_student"):
-            pred = run_model(name, frame, y, ids, folds, tmp_path, params, seed=0)
+            pred = run_model(ResolvedModel.from_params(name, params, 0), Inputs(frame), y, ids,
+                             folds, tmp_path)
             assert set(pred["subject"]) == set(ids) and np.isfinite(pred["predicted_days"]).all()
             metrics = pd.read_parquet(tmp_path / name / "fold_metrics.parquet")
             assert {"mse", "spearman", "class_accuracy", "c_harrell"} <= set(metrics["metric"])

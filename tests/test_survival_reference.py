@@ -11,7 +11,7 @@ import pytest
 from btpipe.survival.data import make_y
 from btpipe.survival.folds import make_folds
 from btpipe.survival.metrics import harrell_c
-from btpipe.survival.models import build_model
+from btpipe.survival.registry import build_model
 
 # 5-fold stratified CV (seed 0), Cox / RSF (200 trees, min leaf 15): DATA.md reference figures
 REFERENCE = {"gbsg2": (0.669, 0.688), "whas500": (0.770, 0.766), "veterans": (0.709, 0.676)}

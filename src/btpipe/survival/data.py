@@ -41,7 +41,7 @@ def subject_ids(frame: pd.DataFrame) -> np.ndarray:
     return ids
 
 
-def _is_missing(value) -> bool:
+def is_missing(value) -> bool:
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -51,16 +51,16 @@ def _is_missing(value) -> bool:
 
 def _as_numeric(column: pd.Series) -> pd.Series | None:
     """Column as floats when every non-missing cell is a number, else None."""
-    values = [np.nan if _is_missing(v) else v for v in column]
+    values = [np.nan if is_missing(v) else v for v in column]
     numeric = pd.to_numeric(pd.Series(values, index=column.index), errors="coerce")
-    present = [not _is_missing(v) for v in column]
+    present = [not is_missing(v) for v in column]
     if numeric[present].isna().any():
         return None
     return numeric.astype(float)
 
 
 def _parse_event(value, subject):
-    if _is_missing(value):
+    if is_missing(value):
         raise InputError("event is missing", subject=subject)
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -100,24 +100,45 @@ def parse_outcome(frame: pd.DataFrame, time_col: str, event_col=None, ids=None):
     return np.asarray(events, dtype=bool), np.asarray(times, dtype=float)
 
 
-def encode_covariates(frame: pd.DataFrame, covariates) -> pd.DataFrame:
+def _categories(column: pd.Series) -> pd.Series:
+    return column.map(lambda v: "NA" if is_missing(v) else str(v).strip())
+
+
+def categorical_levels(frame: pd.DataFrame, covariates) -> dict[str, list[str]]:
+    """{column: levels, most frequent first} for the covariates that are not numeric.
+
+    The first level is the reference (dropped), so that an unpenalised Cox
+    model is identifiable; a missing cell is the category ``NA`` (as BraTS writes it).
+    """
+    levels = {}
+    for col in covariates:
+        if col not in frame.columns:
+            raise InputError(f"covariate column {col!r} not in the table")
+        if _as_numeric(frame[col]) is None:
+            counts = _categories(frame[col]).value_counts().sort_index()
+            levels[col] = list(counts.sort_values(ascending=False, kind="stable").index)
+    return levels
+
+
+def encode_covariates(frame: pd.DataFrame, covariates, levels=None) -> pd.DataFrame:
     """Numeric covariates as floats, categorical ones one-hot encoded.
 
-    The most frequent category is the reference level (dropped) so that an
-    unpenalised Cox model is identifiable; a missing cell in a categorical
-    column is the category ``NA`` (as BraTS writes it).
+    ``levels`` ({column: levels}, from :func:`categorical_levels` of the
+    training table) encodes new subjects exactly as the training subjects were;
+    a level the training table never had encodes as the reference level.
     """
+    levels = categorical_levels(frame, covariates) if levels is None else levels
     parts = []
     for col in covariates:
         if col not in frame.columns:
             raise InputError(f"covariate column {col!r} not in the table")
-        numeric = _as_numeric(frame[col])
-        if numeric is not None:
-            parts.append(numeric.rename(col))
+        if col not in levels:
+            values = [np.nan if is_missing(v) else v for v in frame[col]]
+            parts.append(pd.to_numeric(pd.Series(values, index=frame.index), errors="coerce")
+                         .astype(float).rename(col))
             continue
-        cats = frame[col].map(lambda v: "NA" if _is_missing(v) else str(v).strip())
-        order = cats.value_counts().sort_index().sort_values(ascending=False, kind="stable")
-        for level in order.index[1:]:
+        cats = _categories(frame[col])
+        for level in levels[col][1:]:
             parts.append((cats == level).astype(float).rename(f"{col}={level}"))
     return pd.concat(parts, axis=1) if parts else pd.DataFrame(index=frame.index)
 
@@ -130,7 +151,7 @@ def numeric_features(frame: pd.DataFrame, feature_cols, ids) -> pd.DataFrame:
             raise InputError(f"feature column {col!r} not in the table")
         numeric = _as_numeric(frame[col])
         if numeric is None:
-            bad = [i for i, v in zip(ids, frame[col]) if not _is_missing(v)
+            bad = [i for i, v in zip(ids, frame[col]) if not is_missing(v)
                    and pd.isna(pd.to_numeric(pd.Series([v]), errors="coerce")[0])]
             raise InputError(f"feature {col!r} is not numeric ({frame[col].iloc[0]!r}...)",
                              subject=bad[0] if bad else None)
@@ -151,12 +172,29 @@ def prepare_table(frame: pd.DataFrame, time_col: str, event_col=None, covariates
     event, time = parse_outcome(frame, time_col, event_col, ids)
     covariates = [c for c in covariates if c]
     features = [c for c in feature_cols if c not in covariates]
-    cov = encode_covariates(frame, covariates)
+    levels = categorical_levels(frame, covariates)
+    cov = encode_covariates(frame, covariates, levels)
     feats = numeric_features(frame, features, ids)
     X = pd.concat([cov, feats], axis=1)
     X.index = pd.Index(ids, name="subject")
     X.attrs["covariates"] = list(cov.columns)
+    X.attrs["levels"] = levels
     return X, make_y(event, time), ids
+
+
+def prepare_like(frame: pd.DataFrame, X_train: pd.DataFrame, covariates=(), feature_cols=()):
+    """New subjects' rows (no outcome needed) encoded as :func:`prepare_table` encoded
+    ``X_train``: same columns in the same order, categorical levels of the training table;
+    a column the new table lacks is missing (the model pipelines impute it)."""
+    ids = subject_ids(frame)
+    covariates = [c for c in covariates if c and c in frame.columns]
+    features = [c for c in feature_cols if c not in covariates and c in frame.columns]
+    cov = encode_covariates(frame, covariates, X_train.attrs.get("levels", {}))
+    feats = numeric_features(frame, features, ids)
+    X = pd.concat([cov, feats], axis=1).reindex(columns=X_train.columns)
+    X.index = pd.Index(ids, name="subject")
+    X.attrs["covariates"] = list(X_train.attrs.get("covariates", []))
+    return X.astype(float), ids
 
 
 def default_feature_columns(frame: pd.DataFrame, time_col, event_col=None, covariates=(),

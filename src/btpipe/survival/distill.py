@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..errors import ConfigError
-from .deep import torch_threads
+from .training import fit_network, mlp, torch_threads
 
 
 def _torch():
@@ -34,44 +34,37 @@ def _torch():
     return torch
 
 
-def _mlp(n_in, hidden, dropout):
-    torch = _torch()
-    layers, width = [], n_in
-    for h in hidden:
-        layers += [torch.nn.Linear(width, int(h)), torch.nn.ReLU(), torch.nn.Dropout(dropout)]
-        width = int(h)
-    layers.append(torch.nn.Linear(width, 1))
-    return torch.nn.Sequential(*layers)
-
-
 def train_regressor(net, x_tr, t_tr, x_val, t_val, epochs, batch_size, lr, weight_decay, seed,
                     soft=None, soft_weight=0.0):
     """Train ``net`` on MSE to ``t_tr`` (and to ``soft`` targets with weight ``soft_weight``);
     keep the epoch with the lowest validation MSE against ``t_val``. Returns (net, history)."""
     torch = _torch()
     gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, history = np.inf, copy.deepcopy(net.state_dict()), []
-    n = len(t_tr)
-    for _ in range(int(epochs)):
-        net.train()
+    best = {"val": np.inf, "state": copy.deepcopy(net.state_dict())}
+    n, size = len(t_tr), int(batch_size)
+
+    def epoch_batches():
         perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, int(batch_size)):
-            idx = perm[start:start + int(batch_size)]
-            opt.zero_grad()
-            pred = net(x_tr[idx]).squeeze(-1)
-            loss = torch.mean((pred - t_tr[idx]) ** 2)
-            if soft is not None:
-                loss = (1.0 - soft_weight) * loss + soft_weight * torch.mean((pred - soft[idx]) ** 2)
-            loss.backward()
-            opt.step()
+        return (perm[start:start + size] for start in range(0, n, size))
+
+    def batch_loss(idx):
+        pred = net(x_tr[idx]).squeeze(-1)
+        loss = torch.mean((pred - t_tr[idx]) ** 2)
+        if soft is not None:
+            loss = (1.0 - soft_weight) * loss + soft_weight * torch.mean((pred - soft[idx]) ** 2)
+        return loss
+
+    def validate(_):
         net.eval()
         with torch.no_grad():
             val = float(torch.mean((net(x_val).squeeze(-1) - t_val) ** 2))
-        history.append(val)
-        if val < best:
-            best, best_state = val, copy.deepcopy(net.state_dict())
-    net.load_state_dict(best_state)
+        if val < best["val"]:
+            best.update(val=val, state=copy.deepcopy(net.state_dict()))
+        return val
+
+    history = fit_network(net.parameters(), lr, weight_decay, epochs, epoch_batches, batch_loss,
+                          start_epoch=net.train, end_epoch=validate)
+    net.load_state_dict(best["state"])
     net.eval()
     return net, history
 
@@ -128,7 +121,7 @@ class DistilledRegressor(BaseEstimator):
         self.teacher_ = None
         if self.mode in ("teacher", "distill"):
             self.teacher_, self.history_["teacher"] = train_regressor(
-                _mlp(x.shape[1], self.teacher_hidden, self.dropout), *args, seed)
+                mlp(x.shape[1], self.teacher_hidden, self.dropout, 1), *args, seed)
         if self.mode == "teacher":
             self.net_ = self.teacher_
             return self
@@ -138,7 +131,7 @@ class DistilledRegressor(BaseEstimator):
                 soft = self.teacher_(xt[tr]).squeeze(-1)
         torch.manual_seed(seed + 1)
         self.net_, self.history_["student"] = train_regressor(
-            _mlp(x.shape[1], self.student_hidden, self.dropout), *args, seed + 1,
+            mlp(x.shape[1], self.student_hidden, self.dropout, 1), *args, seed + 1,
             soft=soft, soft_weight=float(self.soft_weight))
         return self
 

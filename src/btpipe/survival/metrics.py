@@ -17,8 +17,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from .data import make_y
-
-DAYS_PER_MONTH = 30.44
+from .registry import DAYS_PER_MONTH
 
 
 def _warn(metric, why):
@@ -34,6 +33,49 @@ def comparable_pairs(event, time):
     later = (time[:, None] < time[None, :]) | ((time[:, None] == time[None, :]) & ~event[None, :])
     i, j = np.nonzero(later & event[:, None])
     return i, j
+
+
+def univariate_cindex(X, event, time, tied_tol: float = 0.0,
+                      max_cells: int = 20_000_000) -> np.ndarray:
+    """Harrell's C of every column of X taken as a risk score, vectorised over columns.
+
+    As scikit-survival's concordance_index_censored on each column's non-missing subjects:
+    a pair with a missing value is left out for that column, and risks within ``tied_tol``
+    count as tied (1/2). NaN for a column with no usable pair.
+    """
+    X = np.asarray(X, dtype=float)
+    i, j = comparable_pairs(event, time)
+    out = np.full(X.shape[1], np.nan)
+    if i.size == 0:
+        return out
+    step = max(1, max_cells // i.size)
+    for start in range(0, X.shape[1], step):
+        block = X[:, start:start + step]
+        diff = block[i] - block[j]
+        valid = np.isfinite(diff)
+        ties = valid & (np.abs(diff) <= tied_tol)
+        concordant = valid & ~ties & (diff > 0)
+        n_valid = valid.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = (concordant.sum(axis=0) + 0.5 * ties.sum(axis=0)) / n_valid
+        out[start:start + step] = np.where(n_valid > 0, c, np.nan)
+    return out
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, float, int]:
+    """Mean over folds with a t-based confidence interval: (mean, lo, hi, n), NaNs left out."""
+    from scipy import stats
+
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    n = v.size
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(v.mean())
+    if n == 1:
+        return mean, float("nan"), float("nan"), 1
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half, n
 
 
 def harrell_c(event, time, risk) -> float:
@@ -96,6 +138,17 @@ def step_values(functions, times) -> np.ndarray:
     for row, fn in enumerate(functions):
         lo, hi = fn.domain
         out[row] = fn(np.clip(times, lo, hi))
+    return out
+
+
+def median_survival_days(functions) -> np.ndarray:
+    """Predicted median survival of each sksurv StepFunction: the first time its survival
+    falls to 0.5 or below; where it never does, the last time it covers (the prediction
+    is then 'beyond follow-up' and reads as that lower bound)."""
+    out = np.empty(len(functions))
+    for row, fn in enumerate(functions):
+        below = np.flatnonzero(np.asarray(fn.y) <= 0.5)
+        out[row] = fn.x[below[0]] if below.size else fn.x[-1]
     return out
 
 

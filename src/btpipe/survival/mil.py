@@ -1,4 +1,4 @@
-"""Multiple-instance (slice-bag) survival models: aggregators, heads, training, the CV runner.
+"""Multiple-instance (slice-bag) survival models: aggregators, heads and the estimator.
 
 Aggregators over the slice features h_s of one bag (n slices):
 
@@ -12,11 +12,11 @@ Aggregators over the slice features h_s of one bag (n slices):
 - ``soft``: soft attention (METHODS B): a_s = softmax_s(w^T h_s + b), F = sum_s a_s h_s -> DeepHit head.
 
 Heads: ``cox`` = fully connected layers (``hidden``; none = a linear risk) trained with the
-negative Cox partial likelihood (:func:`btpipe.survival.deep.cox_partial_likelihood`, Breslow or
-Efron ties); survival functions from the Breslow baseline hazard of the training risks.
+negative Cox partial likelihood (:func:`btpipe.survival.losses.cox_partial_likelihood`, Breslow
+or Efron ties); survival functions from the Breslow baseline hazard of the training risks.
 ``deephit`` = shared sub-network + cause-specific sub-network fed [shared output, F] (the
 residual link of DeepHit), softmax over the time bins + one bin beyond the grid; loss =
-alpha * likelihood + (1 - alpha) * ranking (sigma) from :class:`btpipe.survival.deep.DeepHit`.
+alpha * likelihood + (1 - alpha) * ranking (sigma), :func:`btpipe.survival.losses.deephit_loss`.
 
 Encoders: :mod:`btpipe.survival.encoders`; each fold's encoder is pre-trained on the fold's
 training bags only (recorded in ``fit_info_['pretrain_subjects']``). With ``freeze='all'``
@@ -27,37 +27,28 @@ unfrozen part trains end to end with them.
 from __future__ import annotations
 
 import time as _time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
-from .. import __version__
 from ..errors import ConfigError, InputError
-from ..io import torch_save, write_json, write_parquet
+from ..io import plain_values
 from . import encoders as E
-from .bags import PLANES, SliceBag, load_bags
-from .deep import DeepHit, cox_partial_likelihood, torch_threads
+from .bags import PLANES, SliceBag
+from .baseline import (breslow_baseline, cox_survival_functions, deephit_grid, deephit_survival,
+                       deephit_survival_functions, restricted_mean_risk)
+from .deep import softmax
+from .losses import cox_partial_likelihood, deephit_loss
+from .training import fit_network, hidden_layers, mlp, shuffled_batches, torch_threads
 
 AGGREGATORS = ("mean", "max", "gated", "daal_single", "daal_multiple", "soft")
-ATTENTION_COLUMNS = ["subject", "repeat", "fold", "query", "plane", "slice_index", "relative_position",
-                     "is_anchor", "weight"]
 
 
 def _torch():
     import torch
 
     return torch
-
-
-def _mlp(n_in, hidden, dropout, n_out):
-    torch = _torch()
-    layers, width = [], n_in
-    for h in hidden or ():
-        layers += [torch.nn.Linear(width, int(h)), torch.nn.ReLU(), torch.nn.Dropout(dropout)]
-        width = int(h)
-    layers.append(torch.nn.Linear(width, n_out))
-    return torch.nn.Sequential(*layers)
 
 
 # ---------------------------------------------------------------- aggregators
@@ -124,7 +115,7 @@ class DAAL(_torch().nn.Module):
             raise ConfigError(f"daal_scope must be 'bag' or 'plane', got {scope!r}")
         self.W_q = torch.nn.Linear(dim, q_dim, bias=False)
         self.W_v = torch.nn.Linear(dim, v_dim, bias=False)
-        self.fc = _mlp(v_dim, hidden, dropout, 1)
+        self.fc = mlp(v_dim, hidden, dropout, 1)
         self.planes = tuple(planes)
         self.scope = scope
 
@@ -175,15 +166,12 @@ class BagNet(_torch().nn.Module):
                 raise ConfigError("DAAL models use the Cox head")
             self.shared = self.specific = None
         elif head == "cox":
-            self.shared = _mlp(dim, hidden, dropout, 1)
+            self.shared = mlp(dim, hidden, dropout, 1)
             self.specific = None
         elif head == "deephit":
-            layers, width = [], dim
-            for h in hidden or ():
-                layers += [torch.nn.Linear(width, int(h)), torch.nn.ReLU(), torch.nn.Dropout(dropout)]
-                width = int(h)
+            layers, width = hidden_layers(dim, hidden, dropout)
             self.shared = torch.nn.Sequential(*layers) if layers else torch.nn.Identity()
-            self.specific = _mlp(width + dim, (32,), dropout, n_out)
+            self.specific = mlp(width + dim, (32,), dropout, n_out)
         else:
             raise ConfigError(f"unknown bag head {head!r} (cox or deephit)")
 
@@ -199,64 +187,11 @@ class BagNet(_torch().nn.Module):
         return self.specific(torch.cat([shared, z])), weights  # residual link from the input
 
 
-# ---------------------------------------------------------------- Cox / DeepHit helpers
-
-
-def breslow_baseline(risk, time, event):
-    """(event times, cumulative baseline hazard) of the Breslow estimator for log-risks ``risk``."""
-    risk = np.asarray(risk, float)
-    time = np.asarray(time, float)
-    event = np.asarray(event, bool)
-    shift = risk.max() if risk.size else 0.0
-    w = np.exp(risk - shift)
-    times = np.unique(time[event])
-    at_risk = np.array([w[time >= t].sum() for t in times])
-    deaths = np.array([np.sum((time == t) & event) for t in times])
-    return times, np.cumsum(deaths / at_risk) * np.exp(-shift)
-
-
-def cox_survival_functions(risk, times, cumhaz):
-    """sksurv StepFunctions S(t) = exp(-H0(t) exp(risk)), starting at (0, 1)."""
-    from sksurv.functions import StepFunction
-
-    surv = np.exp(-np.outer(np.exp(np.asarray(risk, float)), cumhaz))
-    x = np.concatenate([[0.0], times])
-    return np.array([StepFunction(x, np.concatenate([[1.0], s])) for s in surv])
-
-
-def deephit_grid(time, event, n_bins=24, grid="quantile"):
-    """Time grid: quantiles of the training event times (as deep.DeepHit), or ``monthly``
-    steps of 30.44 days (METHODS B: 24 monthly steps to 2 years)."""
-    if grid == "monthly":
-        return 30.44 * np.arange(1, int(n_bins) + 1)
-    if grid != "quantile":
-        raise ConfigError(f"deephit grid must be quantile or monthly, got {grid!r}")
-    t = np.asarray(time, float)
-    e = np.asarray(event, bool)
-    base = t[e] if e.any() else t
-    return np.unique(np.quantile(base, np.linspace(0, 1, int(n_bins))))
-
-
-def deephit_survival(logits, grid):
-    """(survival [n, len(grid)], StepFunctions) from DeepHit logits [n, len(grid) + 1]."""
-    from sksurv.functions import StepFunction
-
-    z = logits - logits.max(axis=1, keepdims=True)
-    pmf = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    surv = np.clip(1.0 - np.cumsum(pmf, axis=1)[:, : len(grid)], 0.0, 1.0)
-    if grid[0] > 0:
-        x = np.concatenate([[0.0], grid])
-        fns = [StepFunction(x, np.concatenate([[1.0], s])) for s in surv]
-    else:
-        fns = [StepFunction(grid, s) for s in surv]
-    return surv, np.array(fns)
-
-
 # ---------------------------------------------------------------- the estimator
 
 
-class BagSurvivalModel:
-    """A slice-bag survival model with an sklearn-like contract on lists of :class:`SliceBag`.
+class BagSurvivalModel(BaseEstimator):
+    """A slice-bag survival model with the sklearn estimator contract on lists of :class:`SliceBag`.
 
     fit(bags, y) / predict(bags) -> risk (higher = shorter survival) /
     predict_survival_function(bags) -> sksurv StepFunctions / attention(bags) -> DataFrame.
@@ -299,25 +234,11 @@ class BagSurvivalModel:
         self.n_threads = n_threads
         self.random_state = random_state
 
-    PARAMS = ("aggregator", "head", "encoder", "encoder_options", "size", "channels", "pretrain_epochs",
-              "pretrain_lr", "pretrain_batch_size", "freeze", "epochs", "lr", "weight_decay",
-              "batch_size", "hidden", "dropout", "attention_dim", "value_dim", "daal_hidden",
-              "daal_scope", "ties", "n_bins", "grid", "alpha", "sigma", "device", "amp", "n_threads",
-              "random_state")
-
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self.PARAMS}
-
     @property
     def has_attention(self) -> bool:
         return self.aggregator in ("gated", "soft", "daal_single", "daal_multiple")
 
     # -- building blocks
-
-    def _threads(self):
-        import contextlib
-
-        return torch_threads(self.n_threads) if self.n_threads else contextlib.nullcontext()
 
     def _build(self, in_channels, n_out):
         self.device_ = E.resolve_device(self.device)
@@ -368,12 +289,12 @@ class BagSurvivalModel:
         out = out.cpu()  # the loss builds CPU index tensors
         if self.head == "cox":
             return cox_partial_likelihood(out.reshape(-1), time, event, ties=self.ties)
-        return self.deephit_.loss(out, time, event)
+        return deephit_loss(out, time, event, self.grid_, self.alpha, self.sigma)
 
     # -- fit
 
     def fit(self, bags, y):
-        with self._threads():
+        with torch_threads(self.n_threads):
             return self._fit(list(bags), y)
 
     def _fit(self, bags, y):
@@ -388,12 +309,11 @@ class BagSurvivalModel:
             raise ValueError(f"{len(bags)} bags for {len(time)} outcomes")
         if self.head == "deephit":
             self.grid_ = deephit_grid(time, event, self.n_bins, self.grid)
-            self.deephit_ = _DeepHitLoss(self.grid_, self.alpha, self.sigma)
             n_out = len(self.grid_) + 1
         else:
             n_out = 1
         self._build(bags[0].channels, n_out)
-        # pretrain_cache_: a folder shared by the lab's bag models (set by run_subject_model).
+        # pretrain_cache_: a folder shared by the run's bag models (set by ResolvedModel.build).
         pre = E.pretrain_encoder_cached(self.encoder_, bags, getattr(self, "pretrain_cache_", None),
                                         self.pretrain_epochs, self.pretrain_lr,
                                         self.pretrain_batch_size, self.device_, self.amp, seed)
@@ -408,27 +328,23 @@ class BagSurvivalModel:
         cached = self._features(bags) if self.freeze == "all" else None
         self.net_.to(self.device_)
         params = list(self.net_.parameters()) + [p for p in self.encoder_.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        self.loss_history_ = []
-        for _ in range(int(self.epochs)):
+
+        def start_epoch():
             self.net_.train()
             if cached is None:
                 E.train_mode(self.encoder_, self.freeze)
-            total = 0.0
-            perm = rng.permutation(len(bags))
-            for start in range(0, len(bags), int(self.batch_size)):
-                idx = perm[start:start + int(self.batch_size)]
-                if not event[idx].any() or len(idx) < 2:
-                    continue  # no partial-likelihood signal without an event
-                opt.zero_grad()
-                batch = [bags[i] for i in idx]
-                feats = [cached[i] for i in idx] if cached is not None else self._features(batch, grad=True)
-                out, _ = self._outputs(feats, batch)
-                loss = self._loss(out, time[idx], event[idx])
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-            self.loss_history_.append(total)
+
+        def batch_loss(idx):
+            if not event[idx].any() or len(idx) < 2:
+                return None  # no partial-likelihood signal without an event
+            batch = [bags[i] for i in idx]
+            feats = [cached[i] for i in idx] if cached is not None else self._features(batch, grad=True)
+            out, _ = self._outputs(feats, batch)
+            return self._loss(out, time[idx], event[idx])
+
+        self.loss_history_ = fit_network(params, self.lr, self.weight_decay, self.epochs,
+                                         lambda: shuffled_batches(len(bags), self.batch_size, rng),
+                                         batch_loss, start_epoch=start_epoch)
         self.net_.eval()
         self.encoder_.eval()
         if self.freeze != "all":
@@ -451,7 +367,7 @@ class BagSurvivalModel:
 
     def _forward(self, bags, with_weights=False):
         torch = _torch()
-        with self._threads(), torch.no_grad():
+        with torch_threads(self.n_threads), torch.no_grad():
             self.net_.eval()
             out, weights = self._outputs(self._features(list(bags)), list(bags))
         out = out.cpu().numpy().astype(float)
@@ -461,17 +377,15 @@ class BagSurvivalModel:
         out = self._forward(bags)
         if self.head == "cox":
             return out[:, 0]
-        surv, _ = deephit_survival(out, self.grid_)
-        widths = np.diff(np.concatenate([[0.0], self.grid_]))
-        return -(surv * widths[None, :]).sum(axis=1)  # minus restricted mean survival time
+        return restricted_mean_risk(deephit_survival(softmax(out), self.grid_), self.grid_)
 
     def predict_survival_function(self, bags, return_array=False):
         out = self._forward(bags)
         if self.head == "cox":
             fns = cox_survival_functions(out[:, 0], self.baseline_times_, self.baseline_cumhaz_)
             return np.array([f.y[1:] for f in fns]) if return_array else fns
-        surv, fns = deephit_survival(out, self.grid_)
-        return surv if return_array else fns
+        surv = deephit_survival(softmax(out), self.grid_)
+        return surv if return_array else deephit_survival_functions(surv, self.grid_)
 
     def attention(self, bags) -> pd.DataFrame:
         """Long table of attention weights: subject, query (anchor plane for DAAL, 'bag'
@@ -507,7 +421,7 @@ class BagSurvivalModel:
                      "baseline_cumhaz": torch.as_tensor(self.baseline_cumhaz_)}
         else:
             extra = {"grid": torch.as_tensor(self.grid_)}
-        return {"class": "BagSurvivalModel", "params": _plain(self.get_params()),
+        return {"class": "BagSurvivalModel", "params": plain_values(self.get_params()),
                 "in_channels": self.in_channels_, "n_out": self.n_out_,
                 "encoder_state": {k: v.cpu() for k, v in self.encoder_.state_dict().items()},
                 "net_state": {k: v.cpu() for k, v in self.net_.state_dict().items()},
@@ -527,188 +441,4 @@ class BagSurvivalModel:
             model.baseline_cumhaz_ = bundle["baseline_cumhaz"].numpy()
         else:
             model.grid_ = bundle["grid"].numpy()
-            model.deephit_ = _DeepHitLoss(model.grid_, model.alpha, model.sigma)
         return model
-
-
-class _DeepHitLoss:
-    """deep.DeepHit's likelihood + ranking loss on a fixed grid (reused, not re-implemented)."""
-
-    def __init__(self, grid, alpha, sigma):
-        self.impl = DeepHit(alpha=alpha, sigma=sigma)
-        self.impl.grid_ = np.asarray(grid, float)
-
-    def loss(self, out, time, event):
-        return self.impl._loss(out, np.asarray(time, float), np.asarray(event, bool))
-
-
-def _plain(value):
-    """Tuples -> lists, numpy scalars -> Python (safe for torch.load(weights_only=True) and JSON)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-# ---------------------------------------------------------------- the CV runner
-
-
-def _model_outputs(model, inputs, horizons, grid=None):
-    """risk, survival at horizons and on a grid (as lab.predict_outputs does for pipelines)."""
-    from . import metrics as M
-
-    out = {"risk": np.asarray(model.predict(inputs), float), "days": None, "surv_h": None,
-           "surv_grid": None}
-    if len(horizons) or (grid is not None and len(grid)):
-        fns = model.predict_survival_function(inputs)
-        out["surv_h"] = M.step_values(fns, horizons) if len(horizons) else None
-        if grid is not None and len(grid):
-            out["surv_grid"] = M.step_values(fns, grid)
-    return out
-
-
-def fit_fold(make_model, inputs, y, train, test, horizons):
-    """Fit a fresh model on ``train`` positions; (model, train_out, test_out) as lab.run_fold."""
-    from . import metrics as M
-
-    model = make_model().fit([inputs[i] for i in train], y[train])
-    y_tr, y_te = y[train], y[test]
-    ibs_grid = M.brier_grid(y_tr, y_te)
-    test_grid = np.unique(np.concatenate([np.unique(y_te["time"]), ibs_grid]))
-    train_out = _model_outputs(model, [inputs[i] for i in train], [], None)
-    test_out = _model_outputs(model, [inputs[i] for i in test], horizons, test_grid)
-    full = test_out["surv_grid"]
-    test_out["surv_grid"] = full[:, np.searchsorted(test_grid, np.unique(y_te["time"]))]
-    test_out["surv_ibs"] = full[:, np.searchsorted(test_grid, ibs_grid)]
-    test_out["ibs_grid"] = ibs_grid
-    return model, train_out, test_out
-
-
-def run_subject_model(name, inputs: dict, y, ids, folds, out_dir, params, seed=0, input_kind="bags",
-                      pretrain_cache=None, holdout_ids=()) -> pd.DataFrame:
-    """Cross-validate a registered subject-input model (slice bags or volumes) and fit it on all.
-
-    ``inputs`` {subject: model input}; the rest as :func:`btpipe.survival.lab.run_model`. Writes
-    under ``out_dir/name``: predictions.parquet, fold_metrics.parquet, card.json, final.pt and,
-    for attention models, attention.parquet (test-fold weights: subject, repeat, fold, query,
-    plane, slice_index, relative_position, is_anchor, weight). Returns the predictions.
-    ``pretrain_cache``: a folder where slice-bag models share identical encoder pre-trainings
-    (:func:`btpipe.survival.encoders.pretrain_encoder_cached`). ``holdout_ids`` (subjects no
-    fold trains on) are scored by every fold model as in :func:`btpipe.survival.lab.run_model`
-    (holdout_predictions.parquet, holdout_metrics.parquet) and left out of the final model.
-    """
-    from .lab import _prediction_frame, fold_failed, fold_tables, library_versions, \
-        resolve_params, risk_percentiles, score_fold, write_holdout
-    from .models import MODELS, build_model, model_options
-
-    params = resolve_params(params)
-    spec = MODELS[name]
-    ids = np.asarray([str(i) for i in ids])
-    position = {s: i for i, s in enumerate(ids)}
-    listed = [inputs[s] for s in ids]
-    hold = np.asarray([position[str(s)] for s in holdout_ids], dtype=int)
-    horizons = [float(h) for h in params["horizons_days"]]
-
-    def make():
-        model = build_model(name, params, (), seed)
-        if pretrain_cache is not None:
-            model.pretrain_cache_ = str(pretrain_cache)
-        return model
-
-    pred_frames, metric_rows, fold_errors, fold_info, attention = [], [], [], [], []
-    hold_percentiles = []
-    for f in folds:
-        train = np.asarray([position[s] for s in f["train_ids"]])
-        test = np.asarray([position[s] for s in f["test_ids"]])
-        try:
-            model, train_out, test_out = fit_fold(make, listed, y, train, test, horizons)
-            if len(hold):
-                hold_risk = model.predict([listed[i] for i in hold])
-                hold_percentiles.append(risk_percentiles(hold_risk, train_out["risk"]))
-            for metric, horizon, value in score_fold(name, y[train], y[test], train_out, test_out, params):
-                metric_rows.append((name, f["repeat"], f["fold"], metric, horizon, value))
-            fold_info.append({"repeat": f["repeat"], "fold": f["fold"], **model.fit_info_})
-            if hasattr(model, "attention"):
-                att = model.attention([listed[i] for i in test])
-                if len(att):
-                    att.insert(1, "repeat", f["repeat"])
-                    att.insert(2, "fold", f["fold"])
-                    attention.append(att)
-        except _torch().cuda.OutOfMemoryError:
-            raise  # a configuration problem, not a fold problem
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError, RuntimeError) as exc:
-            train_out, test_out = fold_failed(name, f, len(train), len(test), horizons, exc,
-                                              fold_errors)
-        pred_frames.append(_prediction_frame(name, f, ids[test], y[test], train_out, test_out, horizons))
-    predictions, metrics = fold_tables(pred_frames, metric_rows)
-    model_dir = Path(out_dir) / name
-    if len(hold_percentiles):
-        write_holdout(model_dir, name, ids[hold], y[hold], hold_percentiles)
-    dev = np.setdiff1d(np.arange(len(ids)), hold)
-    final = make().fit([listed[i] for i in dev], y[dev])
-    torch_save(model_dir / "final.pt", {"name": name, "input": input_kind, "model": final.bundle(),
-                                        "horizons_days": horizons, "btpipe": __version__})
-    if getattr(final, "has_attention", False):
-        frame = pd.concat(attention, ignore_index=True) if attention else pd.DataFrame(columns=ATTENTION_COLUMNS)
-        write_parquet(model_dir / "attention.parquet", frame)
-    write_parquet(model_dir / "predictions.parquet", predictions)
-    write_parquet(model_dir / "fold_metrics.parquet", metrics)
-    write_json(model_dir / "card.json", {
-        "model": name, "description": spec.description, "input": input_kind,
-        "hyperparameters": _plain(model_options(name, params)), "seed": int(seed),
-        "n": int(len(dev)), "n_holdout": int(len(hold)), "n_events": int(np.sum(y[dev]["event"])),
-        "folds": int(max(f["fold"] for f in folds) + 1),
-        "repeats": int(max(f["repeat"] for f in folds) + 1), "fold_errors": fold_errors,
-        "fold_training": _plain(fold_info), "final_training": _plain(final.fit_info_),
-        "predicts_days": spec.predicts_days, "survival_function": spec.survival_function,
-        "horizons_days": list(params["horizons_days"]),
-        "class_cutoffs_months": list(params["class_cutoffs_months"]), "libraries": library_versions()})
-    return predictions
-
-
-def run_bag_model(name, bag_paths: dict, y, ids, folds, out_dir, params, seed=0,
-                  pretrain_cache=None, holdout_ids=()) -> pd.DataFrame:
-    """Cross-validate a slice-bag model (``models.MODELS[name].input == 'bags'``).
-
-    ``bag_paths`` {subject: path to slices.npz} must cover ``ids``; the bags are read once,
-    resized to the model's ``size``. Outputs as :func:`run_subject_model`.
-    """
-    from .models import MODELS, model_options
-
-    if MODELS.get(name) is None or MODELS[name].input != "bags":
-        raise ConfigError(f"{name!r} is not a slice-bag survival model")
-    options = model_options(name, params)
-    bags = load_bags(bag_paths, ids, size=options["size"], channels=options["channels"])
-    return run_subject_model(name, bags, y, ids, folds, out_dir, params, seed, input_kind="bags",
-                             pretrain_cache=pretrain_cache, holdout_ids=holdout_ids)
-
-
-def load_final(path, device="cpu"):
-    """The fitted model saved as final.pt by :func:`run_subject_model` (bags or volumes)."""
-    torch = _torch()
-    bundle = torch.load(path, map_location="cpu", weights_only=True)
-    kind = bundle["model"]["class"]
-    if kind == "BagSurvivalModel":
-        return BagSurvivalModel.from_bundle(bundle["model"], device), bundle
-    from .volumes import VolumeSurvivalModel
-
-    return VolumeSurvivalModel.from_bundle(bundle["model"], device), bundle
-
-
-def predict_new_bags(final_path, bag_paths: dict) -> pd.DataFrame:
-    """Score new subjects' bags with a saved final.pt (subject, risk, surv_{h}d)."""
-    from .lab import _surv_columns
-    from . import metrics as M
-
-    model, bundle = load_final(final_path)
-    subjects = list(bag_paths)
-    bags = load_bags(bag_paths, subjects, size=model.size, channels=model.channels)
-    listed = [bags[s] for s in subjects]
-    frame = pd.DataFrame({"subject": subjects, "risk": model.predict(listed)})
-    values = M.step_values(model.predict_survival_function(listed), bundle["horizons_days"])
-    for col, v in zip(_surv_columns(bundle["horizons_days"]), values.T):
-        frame[col] = v
-    return frame

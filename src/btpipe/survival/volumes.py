@@ -15,16 +15,18 @@ along each axis (p = 0.5) when ``augment``.
 
 from __future__ import annotations
 
-import contextlib
 import time as _time
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from .. import SEQUENCES
 from ..errors import ConfigError, InputError
+from ..io import plain_values
 from . import encoders as E
-from .deep import cox_partial_likelihood, torch_threads
-from .mil import _plain, breslow_baseline, cox_survival_functions, run_subject_model
+from .baseline import breslow_baseline, cox_survival_functions
+from .losses import cox_partial_likelihood
+from .training import fit_network, shuffled_batches, torch_threads
 
 BACKBONES = ("resnet18", "densenet121")
 
@@ -106,11 +108,8 @@ def build_backbone(name, in_channels=4):
     raise ConfigError(f"unknown 3D backbone {name!r}; known: {list(BACKBONES)}")
 
 
-class VolumeSurvivalModel:
+class VolumeSurvivalModel(BaseEstimator):
     """fit(volumes [C, s, s, s] list, y) / predict -> risk / predict_survival_function."""
-
-    PARAMS = ("backbone", "size", "crop", "epochs", "lr", "weight_decay", "batch_size", "augment", "ties",
-              "device", "amp", "n_threads", "random_state")
 
     def __init__(self, backbone="resnet18", size=48, crop="brain", epochs=20, lr=1e-4, weight_decay=1e-4,
                  batch_size=8, augment=True, ties="breslow", device="auto", amp=True, n_threads=None,
@@ -129,12 +128,6 @@ class VolumeSurvivalModel:
         self.n_threads = n_threads
         self.random_state = random_state
 
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self.PARAMS}
-
-    def _threads(self):
-        return torch_threads(self.n_threads) if self.n_threads else contextlib.nullcontext()
-
     def _build(self, in_channels):
         if self.backbone == "densenet121" and int(self.size) < 32:
             raise ConfigError("DenseNet121-3D needs a volume side of at least 32")
@@ -143,7 +136,7 @@ class VolumeSurvivalModel:
         self.net_ = build_backbone(self.backbone, self.in_channels_).to(self.device_)
 
     def fit(self, volumes, y):
-        with self._threads():
+        with torch_threads(self.n_threads):
             return self._fit(volumes, y)
 
     def _fit(self, volumes, y):
@@ -155,31 +148,23 @@ class VolumeSurvivalModel:
         time = np.asarray(y["time"], float)
         event = np.asarray(y["event"], bool)
         self._build(x_all.shape[1])
-        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=bool(self.amp) and self.device_.type == "cuda")
-        self.loss_history_ = []
-        for _ in range(int(self.epochs)):
-            self.net_.train()
-            total = 0.0
-            perm = rng.permutation(len(time))
-            for start in range(0, len(time), int(self.batch_size)):
-                idx = perm[start:start + int(self.batch_size)]
-                if not event[idx].any() or len(idx) < 2:
-                    continue
-                x = x_all[idx]
-                if self.augment:
-                    for axis in (2, 3, 4):
-                        if rng.random() < 0.5:
-                            x = torch.flip(x, dims=(axis,))
-                opt.zero_grad()
-                with E.autocast(self.device_, self.amp):
-                    risk = self.net_(x.to(self.device_)).float().reshape(-1)
-                loss = cox_partial_likelihood(risk.cpu(), time[idx], event[idx], ties=self.ties)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                total += float(loss.detach())
-            self.loss_history_.append(total)
+
+        def batch_loss(idx):
+            if not event[idx].any() or len(idx) < 2:
+                return None  # no partial-likelihood signal without an event
+            x = x_all[idx]
+            if self.augment:
+                for axis in (2, 3, 4):
+                    if rng.random() < 0.5:
+                        x = torch.flip(x, dims=(axis,))
+            with E.autocast(self.device_, self.amp):
+                risk = self.net_(x.to(self.device_)).float().reshape(-1)
+            return cox_partial_likelihood(risk.cpu(), time[idx], event[idx], ties=self.ties)
+
+        self.loss_history_ = fit_network(self.net_.parameters(), self.lr, self.weight_decay, self.epochs,
+                                         lambda: shuffled_batches(len(time), self.batch_size, rng),
+                                         batch_loss, start_epoch=self.net_.train, scaler=scaler)
         risk = self.predict(volumes)
         self.baseline_times_, self.baseline_cumhaz_ = breslow_baseline(risk, time, event)
         self.fit_info_ = {"train_seconds": _time.time() - started, "device": str(self.device_),
@@ -192,7 +177,7 @@ class VolumeSurvivalModel:
         torch = _torch()
         self.net_.eval()
         out = []
-        with self._threads(), torch.no_grad():
+        with torch_threads(self.n_threads), torch.no_grad():
             for start in range(0, len(volumes), batch_size):
                 x = torch.from_numpy(np.stack(volumes[start:start + batch_size]).astype(np.float32))
                 with E.autocast(self.device_, self.amp):
@@ -205,7 +190,7 @@ class VolumeSurvivalModel:
 
     def bundle(self) -> dict:
         torch = _torch()
-        return {"class": "VolumeSurvivalModel", "params": _plain(self.get_params()),
+        return {"class": "VolumeSurvivalModel", "params": plain_values(self.get_params()),
                 "in_channels": self.in_channels_,
                 "net_state": {k: v.cpu() for k, v in self.net_.state_dict().items()},
                 "baseline_times": torch.as_tensor(self.baseline_times_),
@@ -220,20 +205,3 @@ class VolumeSurvivalModel:
         model.baseline_times_ = bundle["baseline_times"].numpy()
         model.baseline_cumhaz_ = bundle["baseline_cumhaz"].numpy()
         return model
-
-
-def run_volume_model(name, volume_paths: dict, y, ids, folds, out_dir, params, seed=0,
-                     holdout_ids=()):
-    """Cross-validate a 3-D comparator (``models.MODELS[name].input == 'volumes'``).
-
-    ``volume_paths`` {subject: [t1, t1ce, t2, flair] NIfTI paths (None = missing sequence)};
-    volumes are read once at the model's ``size``. Outputs as mil.run_subject_model (final.pt).
-    """
-    from .models import MODELS, model_options
-
-    if MODELS.get(name) is None or MODELS[name].input != "volumes":
-        raise ConfigError(f"{name!r} is not a 3D volume survival model")
-    options = model_options(name, params)
-    volumes = load_volumes(volume_paths, ids, options["size"], options["crop"])
-    return run_subject_model(name, volumes, y, ids, folds, out_dir, params, seed, input_kind="volumes",
-                             holdout_ids=holdout_ids)

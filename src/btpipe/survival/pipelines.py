@@ -1,16 +1,15 @@
-"""The survival model registry: each model is a fresh sklearn Pipeline per fold.
+"""Feature-table survival models as scikit-learn Pipelines, and the builders of every model.
 
-Pipeline (fitted inside the training fold only): median imputation ->
-standardisation -> univariate C-index feature ranking (top n, always keeping
-the clinical covariates) -> estimator. ``age_cox`` and ``age_median`` select
-the age column first. Every estimator predicts a risk score (higher = shorter
-survival); ``age_median`` also predicts days (risk = -days).
+Pipeline (fitted inside the training fold only): median imputation -> standardisation ->
+univariate C-index feature ranking (top n, always keeping the clinical covariates) ->
+estimator. ``age_cox`` and ``age_median`` select the age column first. Every estimator
+predicts a risk score (higher = shorter survival); ``age_median`` and the distilled MLPs also
+predict days (risk = -days). Slice-bag and 3-D models are built here too (their estimator
+itself, fitted on lists of per-subject inputs); :mod:`btpipe.survival.registry` names the
+builder of each model.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,24 +20,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import ConfigError
-from .metrics import comparable_pairs
+from .metrics import univariate_cindex
 
 # ---------------------------------------------------------------- transformers
-
-
-def univariate_cindex(X: np.ndarray, event, time, max_cells: int = 20_000_000) -> np.ndarray:
-    """Harrell C of every column of X taken as a risk score (vectorised, chunked)."""
-    X = np.asarray(X, dtype=float)
-    i, j = comparable_pairs(event, time)
-    if i.size == 0:
-        return np.full(X.shape[1], 0.5)
-    out = np.empty(X.shape[1])
-    step = max(1, max_cells // i.size)
-    for start in range(0, X.shape[1], step):
-        block = X[:, start:start + step]
-        diff = block[i] - block[j]
-        out[start:start + step] = (np.sum(diff > 0, axis=0) + 0.5 * np.sum(diff == 0, axis=0)) / i.size
-    return out
 
 
 class UnivariateCIndexSelector(TransformerMixin, BaseEstimator):
@@ -57,7 +41,8 @@ class UnivariateCIndexSelector(TransformerMixin, BaseEstimator):
     def fit(self, X, y):
         frame = _as_frame(X)
         self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
-        c = univariate_cindex(frame.to_numpy(), y["event"], y["time"])
+        # a column that cannot rank (no comparable pair) counts as chance
+        c = np.nan_to_num(univariate_cindex(frame.to_numpy(), y["event"], y["time"]), nan=0.5)
         self.cindex_ = pd.Series(c, index=frame.columns)
         keep = [col for col in frame.columns if col in set(self.keep or ())]
         candidates = [col for col in frame.columns if col not in keep]
@@ -190,19 +175,8 @@ class MedianDaysRegressor(BaseEstimator):
         return -self.predict_days(X)
 
 
-# ---------------------------------------------------------------- registry
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build one registered model and what it can predict."""
-
-    build: Callable  # (options: dict, covariates: list, seed: int, top_n) -> estimator
-    defaults: dict
-    survival_function: bool = True
-    predicts_days: bool = False
-    description: str = ""
-    input: str = "features"  # features (lab.run_model) | bags (mil.run_bag_model) | volumes (volumes.run_volume_model)
+# ---------------------------------------------------------------- builders
 
 
 def _preprocess(top_n, covariates):
@@ -282,43 +256,10 @@ def build_deephit(o, covariates, seed, top_n):
     return _pipeline(_preprocess(top_n, covariates) + [("model", model)])
 
 
-COX_DEFAULTS = {"alpha": 1.0, "ties": "breslow", "n_iter": 100}
-
-MODELS: dict[str, ModelSpec] = {
-    "cox": ModelSpec(build_cox, dict(COX_DEFAULTS), description="Cox PH, ridge penalty alpha"),
-    "coxnet": ModelSpec(build_coxnet, {"alpha": 0.05, "l1_ratio": 0.5, "n_alphas": 50,
-                                       "alpha_min_ratio": 0.01},
-                        description="elastic-net Cox at a fixed penalty"),
-    "rsf": ModelSpec(build_rsf, {"n_estimators": 200, "min_samples_leaf": 15, "max_features": "sqrt",
-                                 "n_jobs": 1}, description="random survival forest"),
-    "gbs": ModelSpec(build_gbs, {"n_estimators": 100, "learning_rate": 0.1, "max_depth": 3,
-                                 "subsample": 1.0, "min_samples_leaf": 5},
-                     description="gradient-boosted Cox trees"),
-    "pca_cox": ModelSpec(build_pca_cox, {**COX_DEFAULTS, "n_components": 5},
-                         description="PCA of the selected features, then Cox"),
-    "age_cox": ModelSpec(build_age_cox, {**COX_DEFAULTS, "columns": ["age"]},
-                         description="Cox on age only"),
-    "age_median": ModelSpec(build_age_median, {"alpha": 0.0, "columns": ["age"]},
-                            survival_function=False, predicts_days=True,
-                            description="median regression of days on age (uncensored rows)"),
-    "deepsurv": ModelSpec(build_deepsurv, {"hidden": [32, 32], "dropout": 0.1, "epochs": 200,
-                                           "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 256,
-                                           "ties": "breslow"},
-                          description="DeepSurv MLP, Cox partial likelihood"),
-    "deephit": ModelSpec(build_deephit, {"hidden": [32, 32], "dropout": 0.1, "epochs": 200,
-                                         "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 256,
-                                         "n_bins": 30, "alpha": 0.5, "sigma": 0.1},
-                         description="DeepHit single risk, discrete time"),
-}
+# ---------------------------------------------------------------- slice-bag, 3-D and distilled models
 
 
-# ---------------------------------------------------------------- slice-bag, 3D and distilled models
-# Bag and volume models take per-subject inputs, not the feature matrix: their build returns the
-# estimator itself (fit on a list of inputs); run them with mil.run_bag_model /
-# volumes.run_volume_model. The distilled MLPs are ordinary feature pipelines (lab.run_model).
-
-
-def _bag_builder(aggregator, head="cox"):
+def _bag(aggregator, head="cox"):
     def build(o, covariates, seed, top_n):
         from .mil import BagSurvivalModel
 
@@ -326,7 +267,7 @@ def _bag_builder(aggregator, head="cox"):
     return build
 
 
-def _volume_builder(backbone):
+def _volume(backbone):
     def build(o, covariates, seed, top_n):
         from .volumes import VolumeSurvivalModel
 
@@ -334,7 +275,7 @@ def _volume_builder(backbone):
     return build
 
 
-def _distill_builder(mode):
+def _distill(mode):
     def build(o, covariates, seed, top_n):
         from .distill import DistilledRegressor
 
@@ -343,66 +284,20 @@ def _distill_builder(mode):
     return build
 
 
-BAG_DEFAULTS = {"encoder": "resnet18", "encoder_options": {}, "size": 64, "channels": None,
-                "pretrain_epochs": 2, "pretrain_lr": 1e-3, "pretrain_batch_size": 32, "freeze": "all",
-                "epochs": 40, "lr": 1e-3, "weight_decay": 1e-2, "batch_size": 32, "hidden": [],
-                "dropout": 0.1, "ties": "breslow", "device": "auto", "amp": True, "n_threads": None}
-ATTENTION_DEFAULTS = {"attention_dim": 64}
-DAAL_DEFAULTS = {"attention_dim": 64, "value_dim": 64, "daal_hidden": [32], "daal_scope": "bag"}
-SOFT_DEEPHIT_DEFAULTS = {"hidden": [64], "n_bins": 24, "grid": "quantile", "alpha": 0.5, "sigma": 0.1}
-VOLUME_DEFAULTS = {"size": 48, "crop": "brain", "epochs": 20, "lr": 1e-4, "weight_decay": 1e-4,
-                   "batch_size": 8, "augment": True, "ties": "breslow", "device": "auto", "amp": True,
-                   "n_threads": None}
-DISTILL_DEFAULTS = {"teacher_hidden": [128, 64, 32], "student_hidden": [16], "dropout": 0.1,
-                    "epochs": 100, "batch_size": 4, "lr": 1e-3, "weight_decay": 1e-4,
-                    "val_fraction": 0.2, "soft_weight": 0.5, "events_only": True, "n_threads": 1}
-
-MODELS.update({
-    "bag_mean_cox": ModelSpec(_bag_builder("mean"), dict(BAG_DEFAULTS), input="bags",
-                              description="slice encoder, mean pooling over the bag, Cox head"),
-    "bag_max_cox": ModelSpec(_bag_builder("max"), dict(BAG_DEFAULTS), input="bags",
-                             description="slice encoder, max pooling over the bag, Cox head"),
-    "bag_attention_mil": ModelSpec(_bag_builder("gated"), {**BAG_DEFAULTS, **ATTENTION_DEFAULTS},
-                                   input="bags", description="attention MIL: gated attention (Ilse 2018), Cox head"),
-    "daal_single": ModelSpec(_bag_builder("daal_single"), {**BAG_DEFAULTS, **DAAL_DEFAULTS}, input="bags",
-                             description="attention: DAAL-single, sagittal anchor attention, Cox loss"),
-    "daal_multiple": ModelSpec(_bag_builder("daal_multiple"), {**BAG_DEFAULTS, **DAAL_DEFAULTS},
-                               input="bags",
-                               description="attention: DAAL-multiple, max of the three anchor-plane risks"),
-    "bag_soft_deephit": ModelSpec(_bag_builder("soft", "deephit"), {**BAG_DEFAULTS, **SOFT_DEEPHIT_DEFAULTS},
-                                  input="bags", description="attention: soft attention over slices, DeepHit"),
-    "cnn3d_resnet18": ModelSpec(_volume_builder("resnet18"), dict(VOLUME_DEFAULTS), input="volumes",
-                                description="MONAI 3D ResNet18 on the 4 stacked sequences, Cox head"),
-    "cnn3d_densenet121": ModelSpec(_volume_builder("densenet121"), dict(VOLUME_DEFAULTS), input="volumes",
-                                   description="MONAI 3D DenseNet121 on the 4 stacked sequences, Cox head"),
-    "distill_student": ModelSpec(_distill_builder("distill"), dict(DISTILL_DEFAULTS), survival_function=False,
-                                 predicts_days=True,
-                                 description="student MLP distilled from a deeper teacher MLP, days"),
-    "mlp_student": ModelSpec(_distill_builder("student"), dict(DISTILL_DEFAULTS), survival_function=False,
-                             predicts_days=True, description="the student MLP alone (no teacher), days"),
-    "mlp_teacher": ModelSpec(_distill_builder("teacher"), dict(DISTILL_DEFAULTS), survival_function=False,
-                             predicts_days=True, description="the teacher MLP alone, days"),
-})
+build_bag_mean_cox = _bag("mean")
+build_bag_max_cox = _bag("max")
+build_bag_attention_mil = _bag("gated")
+build_daal_single = _bag("daal_single")
+build_daal_multiple = _bag("daal_multiple")
+build_bag_soft_deephit = _bag("soft", "deephit")
+build_cnn3d_resnet18 = _volume("resnet18")
+build_cnn3d_densenet121 = _volume("densenet121")
+build_distill_student = _distill("distill")
+build_mlp_student = _distill("student")
+build_mlp_teacher = _distill("teacher")
 
 
-def model_options(name: str, params: dict | None = None) -> dict:
-    """Defaults of a model updated by ``params['model_params'][name]``."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown survival model {name!r}; known: {sorted(MODELS)}")
-    options = dict(MODELS[name].defaults)
-    extra = ((params or {}).get("model_params") or {}).get(name) or {}
-    unknown = set(extra) - set(options)
-    if unknown:
-        raise ConfigError(f"survival model {name!r} has no option(s) {sorted(unknown)}")
-    options.update(extra)
-    return options
-
-
-def build_model(name: str, params: dict | None = None, covariates=(), seed: int = 0):
-    """A fresh, unfitted pipeline for a registered model."""
-    options = model_options(name, params)
-    top_n = (params or {}).get("top_n", 20)
-    return MODELS[name].build(options, list(covariates), int(seed), top_n)
+# ---------------------------------------------------------------- fitted pipelines
 
 
 def transform_until_model(pipe, X):

@@ -86,7 +86,7 @@ def main() -> None:
     if args.record:
         load = os.getloadavg()[0]
         lines = [f"Date {datetime.date.today()}, {platform.node()} ({platform.machine()}, "
-                 f"{os.cpu_count()} cores, no GPU lent), load average {load:.1f} at the end; "
+                 f"{os.cpu_count()} cores, no GPU), load average {load:.1f} at the end; "
                  f"`bench/bench_inference.py`: case brats-gli-00001-000, SegResNet of the BraTS "
                  f"bundle's shape (init 16), one model, no TTA, through `segment_subject` "
                  f"(load, normalise, infer, write); median of {args.repeats} fresh processes.", "",

@@ -1,6 +1,10 @@
-"""Segmentation training (learning, resume), inference outputs and weight loading."""
+"""Segmentation training (learning, resume, time budget, progress), inference outputs and
+weight loading."""
 
 from __future__ import annotations
+
+import json
+import logging
 
 import nibabel as nib
 import numpy as np
@@ -83,21 +87,49 @@ def test_training_learns_and_writes_model(trained, cohort):
     assert not list((path.parent / "work").glob("checkpoint_*.pt"))  # cleaned after success
 
 
-def test_training_draws_leave_the_cached_volumes_untouched(cohort):
-    """The cache is not deep-copied per draw, so no augmentation may write into it."""
-    from btpipe.segment import data as sdata
+def test_training_batches_are_a_pure_function_of_the_step(cohort, tmp_path):
+    """Batches from the on-disk cache: the same step gives the same batch in any order
+    and from a worker process; patch centres are tumour voxels about 2 times in 3."""
+    from btpipe.segment import patches
 
-    dataset = sdata.make_train_dataset(cohort[:2], [16, 16, 16])
-    cached = [{k: np.asarray(v).copy() for k, v in item.items() if k != "subject"} for item in dataset._cache]
-    first = [sdata.make_batch(dataset, step, 2, seed=3)[:2] for step in range(1, 25)]
-    again = [sdata.make_batch(dataset, step, 2, seed=3)[:2] for step in range(1, 25)]
-    for item, before in zip(dataset._cache, cached):
-        for key, value in before.items():
-            np.testing.assert_array_equal(np.asarray(item[key]), value, err_msg=key)
-    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(first, again))
-    # Crops are centred on tumour about 2 times in 3 (pos_fraction).
-    centred_on_tumour = np.mean([float(lbl[i, 0, 8, 8, 8]) for _, lbl in first for i in range(2)])
-    assert 0.45 < centred_on_tumour < 0.9
+    folders = patches.ensure_cached(cohort[:2], "brats2021", True, tmp_path / "cache")
+    batches = patches.TrainingBatches(folders, [16, 16, 16], 2, 24, seed=3)
+    first = [batches[i][:2] for i in range(24)]
+    backwards = {i: batches[i][:2] for i in reversed(range(24))}
+    from_workers = list(patches.batch_loader(batches, 1, num_workers=2))
+    for i, (images, labels) in enumerate(first):
+        assert images.shape == (2, 4, 16, 16, 16) and labels.shape == (2, 3, 16, 16, 16)
+        assert torch.equal(images, backwards[i][0]) and torch.equal(labels, backwards[i][1])
+        assert torch.equal(images, from_workers[i][0]) and torch.equal(labels, from_workers[i][1])
+    assert not torch.equal(first[0][0], first[1][0])
+    bits = np.load(folders[0] / "regions.npy")
+    rng = np.random.default_rng(0)
+    centres = [patches.pick_centre(bits, rng, 2 / 3) for _ in range(600)]
+    on_tumour = np.mean([bits[c] & patches.WT_BIT > 0 for c in centres])
+    assert 0.6 < on_tumour < 0.73
+    assert all(bits[c] & patches.BRAIN_BIT for c in centres)
+
+
+def test_cache_keeps_every_brain_and_tumour_voxel(cohort, tmp_path):
+    """The cropped cache holds the whole normalised image and all tumour voxels; a
+    changed input file gets a new cache folder and the stale one is removed."""
+    import os
+
+    from btpipe.segment import data as sdata, patches
+
+    item = cohort[0]
+    folder = patches.ensure_cached([item], "brats2021", True, tmp_path)[0]
+    image, regions = patches.load_cached_subject(folder)
+    full, ref = sdata.load_images(item["image"])
+    full = sdata.normalize_channels(full)
+    truth = sdata.load_label_regions(item["label"], "brats2021", ref) > 0.5
+    assert image.dtype == torch.float32 and np.load(folder / "image.npy").dtype == np.float16
+    assert np.isclose(image.abs().sum().item(), np.abs(full).sum(), rtol=1e-3)
+    assert regions.sum() == truth.sum() and regions[0].sum() > 0
+    stat = os.stat(item["label"])
+    os.utime(item["label"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    renewed = patches.ensure_cached([item], "brats2021", True, tmp_path)[0]
+    assert renewed != folder and renewed.exists() and not folder.exists()
 
 
 @pytest.mark.slow
@@ -142,8 +174,8 @@ def test_resume_after_interruption_is_bit_identical(cohort, tmp_path):
 def test_segment_subject_writes_aligned_outputs(trained, cohort, tmp_path):
     path, _ = trained
     item = cohort[3]
-    result = infer.segment_subject([path], item["image"], tmp_path / "one", {"device": "cpu"},
-                                   labels="brats2021", subject="s3")
+    result = infer.segment_subject([path], item["image"], tmp_path / "one",
+                                   {"device": "cpu", "tta": "none"}, labels="brats2021", subject="s3")
     seg_img = nib.load(result["seg"])
     ref_img = nib.load(item["image"][0])
     np.testing.assert_allclose(seg_img.affine, ref_img.affine)
@@ -224,6 +256,9 @@ def test_invalid_params_raise_config_error():
         train.resolve_params({"init_filters": 12})
     with pytest.raises(ConfigError, match="network"):
         train.resolve_params({"network": "unet"})
+    for bad in (0, -1.5, "ten"):
+        with pytest.raises(ConfigError, match="time_budget_min"):
+            train.resolve_params({"time_budget_min": bad})
     assert train.resolve_params({"network": "dynunet", "roi_size": [40, 40, 40]})["roi_size"] == [40, 40, 40]
 
 
@@ -252,3 +287,81 @@ def test_two_channel_model_trains_reloads_and_segments(cohort, tmp_path):
     assert all(torch.equal(saved[k], v) for k, v in loaded.module.state_dict().items())
     out = infer.segment_subject(path, two[3]["image"], tmp_path / "seg", {"device": "cpu"})
     assert nib.load(out["seg"]).shape == nib.load(two[3]["image"][0]).shape
+
+
+# ------------------------------------------------------------------ time budget and progress
+
+def test_budget_schedule_follows_the_nearer_limit():
+    steps_only = train.Budget(max_steps=100)
+    assert steps_only.progress(25, spent=1e6) == 0.25                  # the clock is ignored
+    assert steps_only.stop_reason(99, 1e6) is None and steps_only.stop_reason(100, 0) == "max_steps"
+    timed = train.Budget(max_steps=100, seconds=60.0)
+    assert timed.progress(10, spent=30.0) == 0.5                       # time is the nearer limit
+    assert timed.progress(80, spent=30.0) == 0.8                       # steps are
+    assert timed.stop_reason(40, 59.0) is None and timed.stop_reason(40, 60.0) == "time_budget"
+    timed.reserve = 10.0                                               # room for the last validation
+    assert timed.progress(10, spent=25.0) == 0.5 and timed.stop_reason(40, 50.0) == "time_budget"
+    assert timed.eta(10, spent=5.0) == pytest.approx(45.0)             # 90 steps at 0.5 s
+    assert timed.eta(10, spent=40.0) == pytest.approx(20.0)            # capped by the budget
+    assert train.lr_factor("poly", 0.0) == 1.0 and train.lr_factor("poly", 1.0) == 0.0
+    assert train.lr_factor("cosine", 1.0) == pytest.approx(0.0)
+
+
+def _tiny(**extra):
+    return {"init_filters": 8, "roi_size": [16, 16, 16], "batch_size": 1, "max_steps": 100000,
+            "val_every": 100000, "learning_rate": 0.01, "device": "cpu", **extra}
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """The budget's clock advances 0.5 s per optimiser step and 2 s per validation."""
+    now = {"t": 0.0}
+
+    def ticking(function, seconds):
+        def run(*args, **kwargs):
+            now["t"] += seconds
+            return function(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(train, "_now", lambda: now["t"])
+    monkeypatch.setattr(train, "_optimiser_step", ticking(train._optimiser_step, 0.5))
+    monkeypatch.setattr(train, "validate", ticking(train.validate, 2.0))
+    return now
+
+
+@pytest.mark.slow
+def test_time_budget_stops_training_and_the_schedule_reaches_its_end(cohort, tmp_path, caplog,
+                                                                     fake_clock):
+    caplog.set_level(logging.INFO, logger="btpipe.progress")
+    params = _tiny(time_budget_min=0.5, val_every=20)              # 30 s
+    path = train.train_model(cohort[:2], cohort[2:3], tmp_path, params, seed=1)
+    log = pd.read_csv(tmp_path / "training_log.csv")
+    summary = json.loads((tmp_path / "training.json").read_text())
+    ckpt = torch.load(path, weights_only=True)
+    # Validations at 20 and 40 (2 s each) leave 28 s for steps and the last validation's 2 s.
+    assert summary["stopped_by"] == ckpt["stopped_by"] == "time_budget"
+    assert summary["steps"] == len(log) == ckpt["steps"] == 48 and ckpt["max_steps"] == 100000
+    assert summary["time_budget_applied"] and ckpt["time_budget_min"] == 0.5
+    assert log["seconds"].iloc[-1] == pytest.approx(30.0)           # within the budget
+    assert log.dropna(subset=["val_dice_mean"])["step"].tolist() == [20, 40, 48]
+    lr = log["lr"].to_numpy()
+    assert (np.diff(lr) < 0).all() and lr[-1] < 0.05 * lr[0]       # the decay reached its end
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("btpipe.progress")]
+    assert "100000 steps or 0.5 min, whichever comes first" in lines[0]
+    steps_lines = [line for line in lines if line.startswith("step ")]
+    assert 18 <= len(steps_lines) <= 21                              # every 5 %
+    assert all("loss" in x and "s/step" in x and "ETA" in x for x in steps_lines)
+    assert steps_lines[-1].startswith("step 48/100000 (100%)") and "ETA 0.0 min" in steps_lines[-1]
+    assert lines[-1] == "training stopped after 48 of 100000 steps (time budget spent) in 0.5 min"
+
+
+@pytest.mark.slow
+def test_deterministic_runs_ignore_the_budget_and_repeat_bit_for_bit(cohort, tmp_path):
+    params = _tiny(max_steps=6, time_budget_min=0.0001, deterministic=True)   # 6 ms: would stop at once
+    first = train.train_model(cohort[:2], [], tmp_path / "a", params, seed=2)
+    second = train.train_model(cohort[:2], [], tmp_path / "b", params, seed=2)
+    summary = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert summary["steps"] == 6 and summary["stopped_by"] == "max_steps"
+    assert not summary["time_budget_applied"] and torch.load(first, weights_only=True)["time_budget_min"] is None
+    a, b = (torch.load(p, weights_only=True)["state_dict"] for p in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)

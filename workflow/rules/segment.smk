@@ -1,11 +1,16 @@
 # Segmentation: k-fold training (each labelled subject segmented by the model
-# that did not see it) plus a final model, or a pretrained model for everyone.
+# that did not see it, unlabelled subjects by the fold ensemble) plus a final
+# model; or a pretrained model for everyone; or the subjects' expert labels.
 
+from btpipe.segment import folds as seg_folds
 from btpipe.segment.folds import assign_folds
+from btpipe.segment.options import inference_options, training_options
 
 SEG = config["segmentation"]
-MODELS_DIR = f"{R}/models/segmentation"
 TRAIN_MODE = SEG["mode"] == "train"
+PROVIDED_MODE = SEG["mode"] == "provided"
+# Training reads every subject from this shared cache of compact crops.
+TRAIN_CACHE = L.work("segmentation", "inputs")
 
 
 def labelled_subjects():
@@ -16,55 +21,51 @@ def seg_fold_of():
     return assign_folds(labelled_subjects(), SEG["folds"], config["seed"])
 
 
-def training_subjects(fold):
-    folds = seg_fold_of()
-    if fold == "final":
-        return sorted(folds)
-    k = int(fold.removeprefix("fold"))
-    return sorted(s for s, f in folds.items() if f != k)
-
-
-def monitoring_subjects(fold):
-    """Held-out subjects scored during training for the learning curve only:
-    no checkpoint is chosen on them, the last step's weights are kept."""
-    if fold == "final":
-        return []
-    k = int(fold.removeprefix("fold"))
-    return sorted(s for s, f in seg_fold_of().items() if f == k)
-
-
 def norm_images(subject):
-    return [f"{subject_dir(subject)}/preproc/norm/{seq}.nii.gz" for seq in SEQS]
+    return [L.norm(seq, subject) for seq in SEQS]
+
+
+def reference_labels(subject):
+    return L.reference("seg", subject)
 
 
 def train_inputs(wildcards):
-    train, monitor = training_subjects(wildcards.fold), monitoring_subjects(wildcards.fold)
+    folds = seg_fold_of()
+    subjects = (seg_folds.training_subjects(folds, wildcards.fold)
+                + seg_folds.monitoring_subjects(folds, wildcards.fold))
     return {
-        "images": [p for s in train + monitor for p in norm_images(s)],
-        "labels": [f"{subject_dir(s)}/preproc/reference/seg.nii.gz" for s in train + monitor],
-        "folds": f"{MODELS_DIR}/folds.json",
+        "images": [p for s in subjects for p in norm_images(s)],
+        "labels": [reference_labels(s) for s in subjects],
+        "folds": L.seg_models("folds.json"),
         "ingest": ingest_summary_path(),
     }
 
 
 def model_for(subject):
-    if not TRAIN_MODE:
-        return SEG["model_path"]
-    folds = seg_fold_of()
-    name = f"fold{folds[subject]}" if subject in folds else "final"
-    return f"{MODELS_DIR}/{name}/model.pt"
+    """Model files that segment ``subject`` (none: its expert labels are its segmentation)."""
+    if TRAIN_MODE:
+        names = seg_folds.segmenting_models(subject, seg_fold_of(), SEG["unlabelled"])
+        return [L.seg_model(name) for name in names]
+    if PROVIDED_MODE and has_reference(subject, "seg"):
+        return []
+    return [SEG["model_path"]]
+
+
+def provided_labels(subject):
+    return [reference_labels(subject)] if PROVIDED_MODE and has_reference(subject, "seg") else []
 
 
 rule seg_folds:
     input:
         ingest_summary_path(),
     output:
-        f"{MODELS_DIR}/folds.json",
+        L.seg_models("folds.json"),
     params:
         folds=lambda wc: seg_fold_of(),
         k=SEG["folds"],
+        seed=config["seed"],
     log:
-        f"{R}/logs/seg_folds.log",
+        L.log("seg_folds"),
     localrule: True
     conda:
         "../../envs/segment.yaml"
@@ -76,19 +77,25 @@ rule seg_train:
     input:
         unpack(train_inputs),
     output:
-        model=f"{MODELS_DIR}/{{fold}}/model.pt",
-        log_csv=f"{MODELS_DIR}/{{fold}}/training_log.csv",
+        model=L.seg_model("{fold}"),
+        log_csv=L.seg_models("{fold}", "training_log.csv"),
+        summary=L.seg_models("{fold}", "training.json"),
     params:
-        train=lambda wc: training_subjects(wc.fold),
-        monitor=lambda wc: monitoring_subjects(wc.fold),
-        options={**SEG, "labels": config["labels"], "deterministic": config["deterministic"]},
+        train=lambda wc: seg_folds.training_subjects(seg_fold_of(), wc.fold),
+        monitor=lambda wc: seg_folds.monitoring_subjects(seg_fold_of(), wc.fold),
+        # device, num_workers, keep_checkpoints: read by the script, never a reason to retrain
+        options=training_options(SEG, config["labels"], config["deterministic"]),
         seed=config["seed"],
-        work_dir=lambda wc: f"{R}/work/segmentation/{wc.fold}",
+        work_dir=lambda wc: L.work("segmentation", wc.fold),
+        cache_dir=TRAIN_CACHE,
     log:
-        f"{R}/logs/seg_train/{{fold}}.log",
+        L.log("seg_train", "{fold}"),
     benchmark:
-        f"{R}/benchmarks/seg_train/{{fold}}.tsv"
+        L.benchmark("seg_train", "{fold}")
     threads: config["threads"]["seg_train"]
+    # Fold models first: their subjects' segmentation waits for them, while the final
+    # model (for new data) can train beside those segmentation jobs.
+    priority: lambda wc: 0 if wc.fold == "final" else 1
     resources:
         **step_resources("seg_train"),
     conda:
@@ -99,22 +106,21 @@ rule seg_train:
 
 rule segment_subject:
     input:
-        model=lambda wc: model_for(wc.subject),
+        models=lambda wc: model_for(wc.subject),
+        provided=lambda wc: provided_labels(wc.subject),
         images=lambda wc: norm_images(wc.subject),
-        native=f"{R}/subjects/{{subject}}/nifti",
-        transform=f"{R}/subjects/{{subject}}/preproc/transforms/atlas_to_t1ce.mat",
+        native=L.nifti_dir(),
+        transform=L.transform("atlas_to_t1ce"),
     output:
-        seg=f"{R}/subjects/{{subject}}/seg/seg.nii.gz",
-        prob=f"{R}/subjects/{{subject}}/seg/prob.nii.gz",
-        uncertainty=f"{R}/subjects/{{subject}}/seg/uncertainty.nii.gz",
-        seg_native=f"{R}/subjects/{{subject}}/seg/seg_native.nii.gz",
+        **{name: L.seg(name=name) for name in ("seg", "prob", "uncertainty", "seg_native")},
     params:
-        options={**SEG, "labels": config["labels"], "deterministic": config["deterministic"]},
-        preproc_dir=lambda wc: f"{subject_dir(wc.subject)}/preproc",
+        # device: read by the script, never a reason to re-segment
+        options=inference_options(SEG, config["labels"], config["deterministic"]),
+        preproc_dir=lambda wc: L.preproc_dir(wc.subject),
     log:
-        f"{R}/logs/segment_subject/{{subject}}.log",
+        L.log("segment_subject", "{subject}"),
     benchmark:
-        f"{R}/benchmarks/segment_subject/{{subject}}.tsv"
+        L.benchmark("segment_subject", "{subject}")
     threads: config["threads"]["segment"]
     resources:
         **step_resources("segment_subject"),
@@ -126,14 +132,15 @@ rule segment_subject:
 
 rule seg_score:
     input:
-        pred=f"{R}/subjects/{{subject}}/seg/seg.nii.gz",
-        ref=f"{R}/subjects/{{subject}}/preproc/reference/seg.nii.gz",
+        pred=L.seg(),
+        ref=L.reference("seg"),
     output:
-        f"{R}/subjects/{{subject}}/seg/metrics.json",
+        L.seg_metrics(),
     params:
         labels=config["labels"],
+        metric_sets=config["scoring"]["metrics"],
     log:
-        f"{R}/logs/seg_score/{{subject}}.log",
+        L.log("seg_score", "{subject}"),
     group:
         "subject_post"
     resources:
@@ -144,23 +151,33 @@ rule seg_score:
         "../scripts/seg_score.py"
 
 
+def scored_subjects():
+    """Labelled subjects whose segmentation came from a model (provided labels score 1)."""
+    return [] if PROVIDED_MODE else labelled_subjects()
+
+
 def seg_cohort_inputs(wildcards):
-    subjects = labelled_subjects()
-    logs = ([f"{MODELS_DIR}/fold{k}/training_log.csv" for k in sorted(set(seg_fold_of().values()))]
-            + [f"{MODELS_DIR}/final/training_log.csv"]) if TRAIN_MODE else []
-    return {"metrics": [f"{subject_dir(s)}/seg/metrics.json" for s in subjects],
-            "logs": logs}
+    names = trained_models()
+    return {"metrics": [L.seg_metrics(s) for s in scored_subjects()],
+            "logs": [L.seg_models(name, "training_log.csv") for name in names]}
+
+
+def trained_models():
+    return seg_folds.fold_model_names(seg_fold_of()) if TRAIN_MODE else []
 
 
 rule seg_cohort:
     input:
         unpack(seg_cohort_inputs),
     output:
-        metrics=f"{R}/cohort/seg_metrics.parquet",
-        summary=f"{R}/cohort/seg_summary.parquet",
-        training_log=f"{MODELS_DIR}/training_log.csv",
+        metrics=L.cohort("seg_metrics"),
+        summary=L.cohort("seg_summary"),
+        training_log=L.seg_models("training_log.csv"),
+    params:
+        subjects=lambda wc: scored_subjects(),  # the order of input.metrics
+        models=lambda wc: trained_models(),  # the order of input.logs
     log:
-        f"{R}/logs/seg_cohort.log",
+        L.log("seg_cohort"),
     localrule: True
     conda:
         "../../envs/segment.yaml"
@@ -171,4 +188,4 @@ rule seg_cohort:
 rule segment:
     input:
         rules.seg_cohort.output,
-        lambda wc: [f"{subject_dir(s)}/seg/seg.nii.gz" for s in passed_ingest()],
+        lambda wc: [L.seg(s) for s in passed_ingest()],

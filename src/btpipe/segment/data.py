@@ -1,14 +1,10 @@
-"""Loading subjects and MONAI transforms for segmentation training and inference.
+"""Loading subjects for segmentation training and inference.
 
 An *item* is a dict {"subject": id, "image": [t1, t1ce, t2, flair paths],
 "label": reference label path (optional for inference)}. Images of one
 subject must share one grid (same shape and affine): they come from the
-preprocessing stage in atlas space.
-
-Randomness: the random transforms are MONAI ``Randomizable`` objects whose
-state is set from (seed, step, slot) before every draw (`sample_seed`), so a
-batch depends only on the run seed and the step number. That is what makes a
-resumed training run bit-identical to an uninterrupted one.
+preprocessing stage in atlas space. Training reads them through the compact
+on-disk cache of :mod:`btpipe.segment.patches`.
 """
 
 from __future__ import annotations
@@ -16,18 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.transforms.transform import Transform
 
 from .. import labels as lab
 from ..errors import InputError
-
-IMAGE_KEYS = ("image", "label")
-
-
-def sample_seed(*parts: int) -> int:
-    """A 32-bit seed derived from integers (run seed, step, slot, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 def _load_nifti(path, subject, what):
@@ -101,101 +88,3 @@ def normalize_channels(image: np.ndarray) -> np.ndarray:
         std = values.std()
         out[c][mask] = (values - values.mean()) / (std if std > 0 else 1.0)
     return out
-
-
-class LoadSubjectd(Transform):
-    """Deterministic (cacheable) MONAI-style dict transform: paths -> arrays.
-
-    Input {"subject", "image": [paths], "label": path}; output {"subject",
-    "image": float32 [C, X, Y, Z] (optionally normalised), "label": float32
-    regions [3, X, Y, Z]}.
-    """
-
-    def __init__(self, labels="brats2021", normalize=True):
-        self.labels = labels
-        self.normalize = normalize
-
-    def __call__(self, item):
-        subject = item.get("subject")
-        image, ref_img = load_images(item["image"], subject)
-        out = {"subject": subject, "image": normalize_channels(image) if self.normalize else image}
-        if item.get("label") is not None:
-            out["label"] = load_label_regions(item["label"], self.labels, ref_img, subject)
-        return out
-
-
-def train_transforms(roi_size, labels="brats2021", normalize=True, pos_fraction=2 / 3):
-    """Compose: load, pad, crop-centre candidates (cached) -> tumour-oversampled crop -> flips,
-    affine, intensity.
-
-    pos_fraction: share of patches centred on a tumour voxel (pos/neg ratio
-    of RandCropByPosNegLabeld); the rest are centred in brain background.
-    The candidate centres (tumour voxels, brain background voxels) are found
-    once per subject: searching the whole volume on every draw took about a
-    tenth of a CPU training step.
-    """
-    from monai.transforms import (
-        Compose, EnsureTyped, FgBgToIndicesd, RandAffined, RandCropByPosNegLabeld, RandFlipd,
-        RandScaleIntensityd, RandShiftIntensityd, SpatialPadd,
-    )
-    roi = [int(r) for r in roi_size]
-    # CacheDataset caches everything before the first random transform.
-    return Compose([
-        LoadSubjectd(labels, normalize),
-        SpatialPadd(keys=IMAGE_KEYS, spatial_size=roi),
-        FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.0),
-        RandCropByPosNegLabeld(keys=IMAGE_KEYS, label_key="label", spatial_size=roi,
-                               pos=pos_fraction, neg=1 - pos_fraction, num_samples=1,
-                               fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices"),
-        RandFlipd(keys=IMAGE_KEYS, prob=0.5, spatial_axis=0),
-        RandFlipd(keys=IMAGE_KEYS, prob=0.5, spatial_axis=1),
-        RandFlipd(keys=IMAGE_KEYS, prob=0.5, spatial_axis=2),
-        RandAffined(keys=IMAGE_KEYS, prob=0.2, rotate_range=[0.26, 0.26, 0.26], scale_range=[0.1, 0.1, 0.1],
-                    mode=("bilinear", "nearest"), padding_mode="zeros"),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
-        RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0),
-        EnsureTyped(keys=IMAGE_KEYS, dtype=torch.float32, track_meta=False),
-    ])
-
-
-def make_train_dataset(items, roi_size, labels="brats2021", normalize=True, cache_rate=1.0):
-    """A MONAI CacheDataset over training items (loading cached, augmentation per draw).
-
-    copy_cache=False: the random transforms return new arrays (a crop, then
-    flips, affine and intensity changes that copy), so the cached volumes are
-    never written to and need no deep copy per draw (tested).
-    """
-    from monai.data import CacheDataset
-
-    return CacheDataset(data=list(items), transform=train_transforms(roi_size, labels, normalize),
-                        cache_rate=float(cache_rate), num_workers=0, progress=False, copy_cache=False)
-
-
-def draw_sample(dataset, index: int, seed: int) -> dict:
-    """One augmented patch of item `index`, with all randomness fixed by `seed`."""
-    dataset.transform.set_random_state(seed=seed)
-    out = dataset[index]
-    return out[0] if isinstance(out, list) else out
-
-
-def stream_index(position: int, n_items: int, seed: int) -> tuple[int, int]:
-    """Item index and epoch for the position-th draw of an endless epoch stream.
-
-    Each epoch is a permutation of the items seeded by (seed, epoch); the
-    stream concatenates epochs, so its k-th element is a pure function of k.
-    """
-    epoch, offset = divmod(int(position), int(n_items))
-    perm = np.random.default_rng(sample_seed(seed, epoch, 7)).permutation(n_items)
-    return int(perm[offset]), epoch
-
-
-def make_batch(dataset, step: int, batch_size: int, seed: int):
-    """Batch for optimiser step `step` (1-based) -> (images [B,C,...], labels [B,3,...], epoch)."""
-    images, targets, epoch = [], [], 0
-    for slot in range(batch_size):
-        position = (step - 1) * batch_size + slot
-        index, epoch = stream_index(position, len(dataset), seed)
-        sample = draw_sample(dataset, index, sample_seed(seed, step, slot))
-        images.append(torch.as_tensor(sample["image"]))
-        targets.append(torch.as_tensor(sample["label"]))
-    return torch.stack(images), torch.stack(targets), epoch

@@ -73,3 +73,47 @@ def write_folds(path, mapping: dict[str, int], k: int, seed: int | None = None) 
         "folds": {str(s): int(f) for s, f in sorted(mapping.items())},
         "members": fold_members(mapping, k),
     })
+
+
+# ---------------------------------------------------------------- which model for whom
+
+FINAL = "final"
+
+
+def fold_model_names(mapping: dict[str, int]) -> list[str]:
+    """The k-fold models that hold out at least one subject, then the final model."""
+    return [f"fold{k}" for k in sorted(set(mapping.values()))] + [FINAL]
+
+
+def _fold_index(name: str) -> int:
+    return int(name.removeprefix("fold"))
+
+
+def training_subjects(mapping: dict[str, int], model: str) -> list[str]:
+    """Subjects a model trains on: every labelled subject outside its fold (all, for final)."""
+    if model == FINAL:
+        return sorted(mapping)
+    return sorted(s for s, f in mapping.items() if f != _fold_index(model))
+
+
+def monitoring_subjects(mapping: dict[str, int], model: str) -> list[str]:
+    """Held-out subjects a fold model scores for its learning curve (none for final)."""
+    if model == FINAL:
+        return []
+    return sorted(s for s, f in mapping.items() if f == _fold_index(model))
+
+
+def segmenting_models(subject: str, mapping: dict[str, int], unlabelled: str = "ensemble") -> list[str]:
+    """Names of the trained models that segment ``subject`` (train mode).
+
+    A labelled subject gets the fold model that never saw it; a subject without
+    labels gets every fold model (their probabilities are averaged) or, with
+    ``unlabelled='final'``, the model trained on all labelled subjects.
+    """
+    if subject in mapping:
+        return [f"fold{mapping[subject]}"]
+    if unlabelled == "ensemble":
+        return fold_model_names(mapping)[:-1] or [FINAL]
+    if unlabelled == FINAL:
+        return [FINAL]
+    raise ConfigError(f"segmentation.unlabelled must be ensemble or final, got {unlabelled!r}")

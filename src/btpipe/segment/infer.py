@@ -25,11 +25,14 @@ from .. import labels as lab
 from ..errors import ConfigError, InputError
 from ..io import save_array_nifti
 from . import data as sdata
-from .networks import LoadedModel, load_model
+from .networks import LoadedModel, load_model, pick_device
 from .postprocess import drop_small_components, propose_et_threshold, relabel_small_et  # noqa: F401
 
 FLIP_SETS = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]  # 8 mirrorings
 TTA_MODES = ("none", "lr", "all")
+# Inference settings not given (workflow/schemas/config.schema.yaml holds the same defaults).
+DEFAULTS = {"tta": "lr", "inference_roi": None, "overlap": 0.5, "sw_batch_size": 2,
+            "min_component_fraction": 0, "et_min_volume_mm3": 0, "device": "auto"}
 
 
 def tta_flips(mode, affine) -> list[tuple]:
@@ -86,7 +89,8 @@ def inference_window(trained_roi, params, shape):
 
 def ensemble_probabilities(models, image, params, device, affine=np.eye(4)):
     """Running mean and std of member probabilities (members = models x flips)."""
-    flips = tta_flips(params.get("tta", "none"), affine)
+    params = {**DEFAULTS, **params}
+    flips = tta_flips(params["tta"], affine)
     total = total_sq = None
     n = 0
     for model in models:
@@ -96,8 +100,8 @@ def ensemble_probabilities(models, image, params, device, affine=np.eye(4)):
         x = sdata.normalize_channels(image) if model.normalize else image
         roi = inference_window(model.roi_size, params, image.shape[1:])
         for axes in flips:
-            prob = sliding_window_probabilities(module, x, roi, device, overlap=params.get("overlap", 0.5),
-                                                sw_batch_size=params.get("sw_batch_size", 2),
+            prob = sliding_window_probabilities(module, x, roi, device, overlap=params["overlap"],
+                                                sw_batch_size=params["sw_batch_size"],
                                                 flip_axes=axes).astype(np.float64)
             total = prob if total is None else total + prob
             total_sq = prob ** 2 if total_sq is None else total_sq + prob ** 2
@@ -111,10 +115,11 @@ def probabilities_to_labels(mean, params, labels, voxel_mm3):
     """Mean region probabilities [3, X, Y, Z] -> (label map, components dropped, ET
     relabelled): threshold 0.5, whole-tumour islands rule, small-ET rule (params as in
     segment_subject)."""
-    regions, dropped = drop_small_components(mean > 0.5, params.get("min_component_fraction"))
+    params = {**DEFAULTS, **params}
+    regions, dropped = drop_small_components(mean > 0.5, params["min_component_fraction"])
     label_map = lab.regions_to_labels(regions, labels)
     label_map, relabelled = relabel_small_et(label_map, labels,
-                                             params.get("et_min_volume_mm3", 0) or 0, voxel_mm3)
+                                             params["et_min_volume_mm3"] or 0, voxel_mm3)
     return label_map, dropped, relabelled
 
 
@@ -131,9 +136,7 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
     Returns {"seg", "prob", "uncertainty" (paths), "members", "volumes_mm3",
     "et_relabelled", "seconds"}.
     """
-    from .train import pick_device
-
-    params = dict(params or {})
+    params = {**DEFAULTS, **dict(params or {})}
     started = time.perf_counter()
     if isinstance(model_paths, (str, Path)):
         model_paths = [model_paths]
@@ -146,7 +149,7 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
     if first.ndim == 5 and first.shape[1] != image.shape[0]:
         raise InputError(f"model expects {first.shape[1]} channels, got {image.shape[0]} images",
                          subject=subject, path=model_paths[0])
-    device = pick_device(params.get("device", "auto"))
+    device = pick_device(params["device"])
     mean, std, n_members = ensemble_probabilities(models, image, params, device, ref_img.affine)
 
     voxel_mm3 = float(np.prod(ref_img.header.get_zooms()[:3]))
@@ -167,3 +170,28 @@ def segment_subject(model_paths, image_paths, out_dir, params=None, labels="brat
         "components_dropped": dropped,
         "seconds": time.perf_counter() - started,
     }
+
+
+def labels_as_segmentation(label_path, out_dir, labels="brats2021", subject=None) -> dict:
+    """Expert labels (atlas grid) as the subject's segmentation, in the files inference writes:
+    seg.nii.gz (the labels), prob.nii.gz (their regions as 0/1) and uncertainty.nii.gz (zeros:
+    no estimate). Values outside the label convention are an InputError naming the file."""
+    import nibabel as nib
+
+    img = nib.load(str(label_path))
+    label_map = np.rint(np.asanyarray(img.dataobj)).astype(np.int16)
+    bad = lab.unexpected_values(label_map, labels)
+    if bad:
+        raise InputError(f"expert labels hold values {bad} outside the label convention "
+                         f"{labels!r}", subject=subject, path=label_path)
+    regions = lab.labels_to_regions(label_map, labels)
+    out_dir = Path(out_dir)
+    paths = {"seg": out_dir / "seg.nii.gz", "prob": out_dir / "prob.nii.gz",
+             "uncertainty": out_dir / "uncertainty.nii.gz"}
+    prob = np.moveaxis(regions, 0, -1).astype(np.float32)
+    save_array_nifti(paths["prob"], prob, img.affine, dtype=np.float32)
+    save_array_nifti(paths["uncertainty"], np.zeros_like(prob), img.affine, dtype=np.float32)
+    save_array_nifti(paths["seg"], label_map.astype(np.uint8), img.affine, dtype=np.uint8)
+    voxel_mm3 = float(np.prod(img.header.get_zooms()[:3]))
+    return {**{k: str(v) for k, v in paths.items()}, "members": 0,
+            "volumes_mm3": {r: float(regions[i].sum() * voxel_mm3) for i, r in enumerate(lab.REGIONS)}}

@@ -228,3 +228,13 @@ def _load_bundle_state(state, path, params) -> LoadedModel:
             "region_order_in_file": region_order, "init_filters": shape["init_filters"],
             "blocks_down": shape["blocks_down"], "blocks_up": shape["blocks_up"]}
     return LoadedModel(module, roi, "segresnet", bool(params.get("normalize", True)), meta)
+
+
+def pick_device(name: str) -> torch.device:
+    """The torch device for ``segmentation.device``: auto = the GPU when there is one."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("segmentation.device is cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+

@@ -69,7 +69,7 @@ def propose_et_threshold(pred_paths, ref_paths, labels="brats2021", candidates=(
     threshold (the least intrusive). Returns {"threshold": best,
     "mean_et_dice": {threshold: mean Dice}, "n_cases": n}.
     """
-    from .metrics import _load_label_map, dice
+    from .metrics import load_label_map, dice
 
     pred_paths, ref_paths = list(pred_paths), list(ref_paths)
     if len(pred_paths) != len(ref_paths) or not pred_paths:
@@ -78,8 +78,8 @@ def propose_et_threshold(pred_paths, ref_paths, labels="brats2021", candidates=(
     candidates = sorted(float(c) for c in candidates)
     totals = dict.fromkeys(candidates, 0.0)
     for pred_path, ref_path in zip(pred_paths, ref_paths):
-        pred, spacing, _ = _load_label_map(pred_path, "prediction")
-        ref, _, _ = _load_label_map(ref_path, "reference")
+        pred, spacing, _ = load_label_map(pred_path, "prediction")
+        ref, _, _ = load_label_map(ref_path, "reference")
         voxel = float(np.prod(spacing))
         ref_et = lab.region_mask(ref, "ET", ref_labels)
         for c in candidates:

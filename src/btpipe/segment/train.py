@@ -5,17 +5,25 @@ final model. Design points:
 
 * Regions, not labels: three sigmoid outputs WT, TC, ET (the BraTS-winning
   formulation), loss = Dice (sigmoid, batch-wise) + BCE.
-* Patches with tumour oversampling (RandCropByPosNegLabeld, 2/3 centred on
-  tumour), flips, a small random affine, intensity scale/shift.
+* Subjects are read from a compact on-disk cache (`patches`), one patch at a
+  time, so memory does not grow with the cohort. Patches with tumour
+  oversampling (2/3 centred on tumour), flips, a small random affine,
+  intensity scale/shift.
 * Every random draw is a pure function of (seed, step, slot) (see
-  `data.make_batch`), the model is initialised from the seed, and the
-  checkpoint holds model, optimiser, LR-scheduler, AMP-scaler and global RNG
-  states plus the log so far. A run resumed from a checkpoint therefore
+  `patches.TrainingBatches`), the model is initialised from the seed, and the
+  checkpoint holds model, optimiser, AMP-scaler and global RNG states plus
+  the log so far (the learning rate is a function of the steps done and the
+  time spent, both in the checkpoint). A run resumed from a checkpoint therefore
   continues exactly where it stopped: on CPU its final weights are
   bit-identical to an uninterrupted run's.
 * Checkpoints go to `work_dir` (outside results/, declared by no rule), are
   written atomically, and are tied to a fingerprint of the run (params, seed,
   items): a checkpoint of another run is ignored, never resumed.
+* Optionally a wall-clock budget per model (`time_budget_min`): training stops
+  at `max_steps` or when the budget is spent, whichever comes first, and the
+  learning-rate decay follows whichever limit is nearer (`Budget`), so it
+  reaches its end on a slow CPU too. `deterministic: true` ignores the budget
+  (a clock-dependent stop cannot give bit-identical reruns).
 """
 
 from __future__ import annotations
@@ -24,8 +32,11 @@ import hashlib
 import json
 import logging
 import os
+import math
 import random
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,28 +44,39 @@ import torch
 
 from .. import SEQUENCES
 from ..errors import ConfigError, InputError
-from ..io import torch_save, write_csv
+from ..io import torch_save, write_csv, write_json
 from ..labels import REGIONS, resolve_convention
-from . import data as sdata
-from .networks import build_network, network_params
+from . import patches
+from .infer import inference_window, sliding_window_probabilities
+from .metrics import dice
+from .networks import build_network, network_params, pick_device
+from .options import RUNTIME
 
 log = logging.getLogger(__name__)
+# Step, loss and ETA lines: workflow_support.step_log also shows this logger on
+# the console (stderr), where Snakemake prints what its jobs say.
+progress_log = logging.getLogger("btpipe.progress.segment")
+PROGRESS_EVERY = 0.05       # a progress line every 5 % of the run
+STOP_REASONS = {"max_steps": "max_steps reached", "time_budget": "time budget spent"}
+_now = time.perf_counter    # the clock the budget reads (tests substitute a fake one)
 
 DEFAULTS = {
     "network": "segresnet",
     "init_filters": 16,
     "roi_size": [128, 128, 128],
     "batch_size": 2,
-    "max_steps": 1000,
-    "val_every": 100,
-    "learning_rate": 2e-3,
+    "max_steps": 20000,
+    "time_budget_min": None,    # wall-clock minutes per model (validation included); None: steps only
+    "val_every": 500,
+    "learning_rate": 2e-4,
     "weight_decay": 1e-5,
     "lr_schedule": "poly",      # poly (nnU-Net, exponent 0.9) | cosine
     "labels": "brats2021",
     "device": "auto",
     "deterministic": False,
     "normalize": True,
-    "cache_rate": 1.0,
+    "num_workers": 0,           # DataLoader processes cutting patches (0: in the training process)
+    "monitor_subjects": 8,      # held-out subjects scored for the learning curve (None: all)
     "sw_batch_size": 2,  # a batch of 1 window runs ~7x slower per window on CPU
     "overlap": 0.5,
     "keep_checkpoints": False,  # keep work_dir checkpoints after a finished run
@@ -83,20 +105,21 @@ def resolve_params(params) -> dict:
     if p["network"] == "segresnet" and p["init_filters"] % 8:
         raise ConfigError("segmentation.init_filters must be a multiple of 8 for SegResNet "
                           f"(GroupNorm with 8 groups), got {p['init_filters']}")
+    if int(p["num_workers"]) < 0:
+        raise ConfigError(f"segmentation.num_workers must be >= 0, got {p['num_workers']}")
+    p["num_workers"] = int(p["num_workers"])
+    if p["monitor_subjects"] is not None and int(p["monitor_subjects"]) < 0:
+        raise ConfigError(f"segmentation.monitor_subjects must be >= 0, got {p['monitor_subjects']}")
+    budget = p["time_budget_min"]
+    if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+        raise ConfigError(f"segmentation.time_budget_min must be a positive number of minutes "
+                          f"or null, got {budget!r}")
     if p["lr_schedule"] not in ("poly", "cosine"):
         raise ConfigError(f"segmentation.lr_schedule: {p['lr_schedule']!r} is not poly or cosine")
     if p["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"segmentation.device: {p['device']!r} is not auto, cpu or cuda")
     resolve_convention(p["labels"])
     return p
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("segmentation.device is cuda but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def _check_items(items, what):
@@ -118,7 +141,8 @@ def _check_items(items, what):
 
 def run_fingerprint(train_items, val_items, params, seed) -> str:
     """Hash of what determines the run; a checkpoint is resumed only if it matches."""
-    keep = {k: params[k] for k in DEFAULTS if k != "keep_checkpoints"}
+    # Run-time options (device, workers) do not define the run: it may resume under others.
+    keep = {k: params[k] for k in DEFAULTS if k not in RUNTIME}
     blob = json.dumps({"params": keep, "seed": int(seed),
                        "train": [[i.get("subject"), [str(p) for p in i["image"]], str(i.get("label"))]
                                  for i in train_items],
@@ -127,10 +151,61 @@ def run_fingerprint(train_items, val_items, params, seed) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _lr_lambda(schedule, max_steps):
+def lr_factor(schedule, progress) -> float:
+    """Learning-rate multiplier at `progress` (0 at the start, 1 at the end of the run)."""
+    progress = min(max(progress, 0.0), 1.0)
     if schedule == "cosine":
-        return lambda done: 0.5 * (1.0 + np.cos(np.pi * min(done, max_steps) / max_steps))
-    return lambda done: (1.0 - min(done, max_steps) / max_steps) ** 0.9
+        return 0.5 * (1.0 + np.cos(np.pi * progress))
+    return (1.0 - progress) ** 0.9
+
+
+def time_budget_seconds(p) -> float | None:
+    """The wall-clock budget per model in seconds; None when unset or when
+    `deterministic` (a clock-dependent stop could not give bit-identical reruns)."""
+    if p["time_budget_min"] is None or p["deterministic"]:
+        return None
+    return 60.0 * float(p["time_budget_min"])
+
+
+@dataclass
+class Budget:
+    """Where a run stands against `max_steps` and its wall-clock budget.
+
+    `spent` is the loop's wall time so far (validation included, summed over
+    interruptions). The time side is measured against the budget less
+    `reserve`, the duration of the latest validation, so the final validation
+    still ends within the budget (before the first validation it is unknown:
+    a budget shorter than `val_every` steps can be overrun by one validation).
+    `progress` drives the learning-rate schedule: the larger of the step and
+    time fractions, so the decay reaches its end whichever limit stops the run.
+    """
+
+    max_steps: int
+    seconds: float | None = None     # None: steps only
+    reserve: float = 0.0
+
+    def _time_fraction(self, spent) -> float:
+        if self.seconds is None:
+            return 0.0
+        return spent / max(self.seconds - self.reserve, 1e-9)
+
+    def progress(self, done: int, spent: float) -> float:
+        return min(1.0, max(done / self.max_steps, self._time_fraction(spent)))
+
+    def stop_reason(self, done: int, spent: float) -> str | None:
+        """Why the run ends after `done` steps: "max_steps", "time_budget", or None."""
+        if done >= self.max_steps:
+            return "max_steps"
+        if self._time_fraction(spent) >= 1.0:
+            return "time_budget"
+        return None
+
+    def eta(self, done: int, spent: float) -> float:
+        """Seconds left: the steps still to run at the pace so far, capped by the budget."""
+        by_steps = (self.max_steps - done) * spent / max(done, 1)
+        if self.seconds is None:
+            return by_steps
+        return max(0.0, min(by_steps, self.seconds - spent))
 
 
 class RegionLoss(torch.nn.Module):
@@ -188,51 +263,67 @@ def _save_checkpoint(work_dir: Path, step, state: dict, keep_last=2):
         old.unlink(missing_ok=True)
 
 
-def validate(module, val_data, params, device) -> dict:
-    """Mean Dice per region over validation volumes (sliding window, threshold 0.5)."""
-    from .infer import inference_window, sliding_window_probabilities
-    from .metrics import dice
-
+def validate(module, val_folders, params, device) -> dict:
+    """Mean Dice per region over the validation subjects' cached crops (sliding window,
+    threshold 0.5), read one subject at a time."""
     scores = {r: [] for r in REGIONS}
     module.eval()
-    for image, regions in val_data:
+    for folder in val_folders:
+        image, regions = patches.load_cached_subject(folder)
         # The same windows as inference (inference_roi, else the patch size).
         roi = inference_window(params["roi_size"], params, image.shape[1:])
         prob = sliding_window_probabilities(module, image, roi, device,
                                             overlap=params["overlap"], sw_batch_size=params["sw_batch_size"])
         pred = prob > 0.5
         for i, region in enumerate(REGIONS):
-            scores[region].append(dice(pred[i], regions[i] > 0.5))
+            scores[region].append(dice(pred[i], regions[i]))
     module.train()
     return {r: float(np.mean(v)) for r, v in scores.items()}
 
 
-def _load_val_data(val_items, params):
-    loader = sdata.LoadSubjectd(params["labels"], params["normalize"])
-    out = []
-    for item in val_items:
-        loaded = loader(item)
-        out.append((torch.from_numpy(loaded["image"]), loaded["label"]))
-    return out
+def monitored(val_items, limit):
+    """The validation items scored during training: all, or the first ``limit`` by subject id
+    (a fixed choice, so resumed and repeated runs score the same subjects)."""
+    items = sorted(val_items, key=lambda i: str(i.get("subject")))
+    return items if limit is None else items[:int(limit)]
 
 
-def train_model(train_items, val_items, out_dir, params, seed=0, work_dir=None, on_checkpoint=None) -> Path:
-    """Train one model; write out_dir/model.pt and out_dir/training_log.csv atomically.
+def _cache_folder(cache_dir, work_dir):
+    """(folder for the training-input cache, TemporaryDirectory or None): the given folder,
+    work_dir/inputs, or a temporary folder removed when its handle is dropped."""
+    if cache_dir is not None:
+        return Path(cache_dir), None
+    if work_dir is not None:
+        return Path(work_dir) / "inputs", None
+    temporary = tempfile.TemporaryDirectory(prefix="btpipe-train-")
+    return Path(temporary.name), temporary
+
+
+def train_model(train_items, val_items, out_dir, params, seed=0, work_dir=None, on_checkpoint=None,
+                cache_dir=None) -> Path:
+    """Train one model; write out_dir/model.pt, training_log.csv and training.json atomically.
 
     train_items / val_items: lists of {"subject", "image": [t1, t1ce, t2,
     flair], "label"} (val_items may be empty: the log then has training loss
     only). params: see DEFAULTS (network, init_filters, roi_size, batch_size,
-    max_steps, val_every, learning_rate, labels, device, deterministic, ...).
-    work_dir: folder for checkpoints (every val_every steps) from which an
-    interrupted run resumes; None disables checkpointing. on_checkpoint:
-    optional callable(step) run after each checkpoint is written (for tests
-    and progress reporting). Returns the path of model.pt.
+    max_steps, time_budget_min, val_every, learning_rate, labels, device,
+    deterministic, ...). Training stops at max_steps or, unless
+    deterministic, when time_budget_min minutes of wall time are spent
+    (`Budget`); out_dir/training.json records the steps run and why it
+    stopped. Progress lines (step, loss, ETA) every 5 % go to the
+    "btpipe.progress" logger. work_dir: folder for checkpoints (every
+    val_every steps) from which an interrupted run resumes; None disables
+    checkpointing. on_checkpoint: optional callable(step) run after each
+    checkpoint is written (for tests and progress reporting). cache_dir: where
+    the subjects' compact training inputs are written and shared between jobs
+    (default: work_dir/inputs, or a temporary folder). Returns the path of
+    model.pt.
     """
     from monai.utils import set_determinism
 
     p = resolve_params(params)
     train_items = _check_items(train_items, "training")
-    val_items = _check_items(val_items or [], "validation")
+    val_items = monitored(_check_items(val_items or [], "validation"), p["monitor_subjects"])
     if not train_items:
         raise InputError("no training subjects")
     out_dir = Path(out_dir)
@@ -255,9 +346,9 @@ def train_model(train_items, val_items, out_dir, params, seed=0, work_dir=None, 
         module = module.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.AdamW(module.parameters(), lr=float(p["learning_rate"]),
                                   weight_decay=float(p["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(p["lr_schedule"], p["max_steps"]))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = RegionLoss()
+    budget = Budget(p["max_steps"], time_budget_seconds(p))
 
     fingerprint = run_fingerprint(train_items, val_items, p, seed)
     start_step, rows, seconds_before = 0, [], 0.0
@@ -265,53 +356,119 @@ def train_model(train_items, val_items, out_dir, params, seed=0, work_dir=None, 
     if ckpt is not None:
         module.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         _set_rng_states(ckpt["rng"], device)
         start_step, rows, seconds_before = ckpt["step"], list(ckpt["log"]), float(ckpt["seconds"])
+        budget.reserve = float(ckpt.get("reserve", 0.0))
         log.info("resuming training from step %d (%s)", start_step, work_dir)
 
-    dataset = sdata.make_train_dataset(train_items, p["roi_size"], p["labels"], p["normalize"], p["cache_rate"])
-    val_data = _load_val_data(val_items, p) if val_items else []
-    started = time.perf_counter()
+    cache, _temporary = _cache_folder(cache_dir, work_dir)  # the handle keeps a temporary cache alive
+    train_folders = patches.ensure_cached(train_items, p["labels"], p["normalize"], cache)
+    val_folders = patches.ensure_cached(val_items, p["labels"], p["normalize"], cache)
+    batches = patches.TrainingBatches(train_folders, p["roi_size"], p["batch_size"], p["max_steps"],
+                                      int(seed))
+    loader = patches.batch_loader(batches, start_step + 1, p["num_workers"])
+    _log_plan(p, budget, len(train_items), len(val_items or []))
+    started = _now()
+
+    def spent():
+        return seconds_before + _now() - started
+
     module.train()
-    for step in range(start_step + 1, p["max_steps"] + 1):
-        images, targets, epoch = sdata.make_batch(dataset, step, p["batch_size"], int(seed))
+    step, stopped_by = start_step, budget.stop_reason(start_step, seconds_before)
+    next_report = _next_report(budget.progress(start_step, seconds_before))
+    while stopped_by is None:
+        step += 1
+        images, targets, epoch = next(loader)
         images, targets = images.to(device), targets.to(device)
         if device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last_3d)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            loss = loss_fn(module(images), targets)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"training diverged at step {step} (loss {loss.item()})")
-        row = {"step": step, "epoch": epoch, "train_loss": float(loss.item()), "lr": lr,
+        lr = float(p["learning_rate"]) * lr_factor(p["lr_schedule"], budget.progress(step - 1, spent()))
+        loss = _optimiser_step(module, optimizer, scaler, loss_fn, images, targets, lr, use_amp)
+        if not math.isfinite(loss):
+            raise RuntimeError(f"training diverged at step {step} (loss {loss})")
+        row = {"step": step, "epoch": epoch, "train_loss": loss, "lr": lr,
                **{c: float("nan") for c in LOG_COLUMNS[4:8]}}
-        at_checkpoint = step % p["val_every"] == 0 or step == p["max_steps"]
-        if at_checkpoint and val_data:
-            dices = validate(module, val_data, p, device)
+        stopped_by = budget.stop_reason(step, spent())
+        at_checkpoint = step % p["val_every"] == 0 or stopped_by is not None
+        if at_checkpoint and val_folders:
+            began = _now()
+            dices = validate(module, val_folders, p, device)
+            budget.reserve = _now() - began
             row.update({f"val_dice_{r}": dices[r] for r in REGIONS})
             row["val_dice_mean"] = float(np.mean(list(dices.values())))
-        row["seconds"] = seconds_before + time.perf_counter() - started
+        row["seconds"] = spent()
         rows.append(row)
+        if budget.progress(step, row["seconds"]) >= next_report or stopped_by is not None:
+            _log_progress(budget, row, rows)
+            next_report = _next_report(budget.progress(step, row["seconds"]))
         if at_checkpoint and work_dir is not None:
             _save_checkpoint(work_dir, step, {
                 "fingerprint": fingerprint, "step": step, "model": module.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_states(device), "log": rows,
-                "seconds": row["seconds"]})
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "rng": _rng_states(device), "log": rows, "seconds": row["seconds"],
+                "reserve": budget.reserve})
             if on_checkpoint is not None:
                 on_checkpoint(step)
 
-    return _write_outputs(out_dir, module, p, seed, train_items, in_channels, channel_order, rows, work_dir)
+    summary = training_summary(p, budget, rows, stopped_by)
+    progress_log.info("training stopped after %d of %d steps (%s) in %.1f min",
+                      summary["steps"], p["max_steps"], STOP_REASONS[stopped_by],
+                      summary["seconds"] / 60)
+    return _write_outputs(out_dir, module, p, seed, train_items, in_channels, channel_order, rows,
+                          work_dir, summary)
 
 
-def _write_outputs(out_dir, module, p, seed, train_items, in_channels, channel_order, rows, work_dir) -> Path:
+def _optimiser_step(module, optimizer, scaler, loss_fn, images, targets, lr, use_amp) -> float:
+    """One forward/backward/update at learning rate `lr`; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=torch.float16, enabled=use_amp):
+        loss = loss_fn(module(images), targets)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.item())
+
+
+def _next_report(progress: float) -> float:
+    """The next multiple of PROGRESS_EVERY above `progress`."""
+    return (math.floor(progress / PROGRESS_EVERY + 1e-9) + 1) * PROGRESS_EVERY
+
+
+def _log_plan(p, budget: Budget, n_train: int, n_val: int) -> None:
+    limit = (f"{p['max_steps']} steps or {budget.seconds / 60:.1f} min, whichever comes first"
+             if budget.seconds is not None else f"{p['max_steps']} steps")
+    if p["time_budget_min"] is not None and budget.seconds is None:
+        limit += " (deterministic: the time budget is ignored)"
+    progress_log.info("training on %d subjects (%d for validation): %s", n_train, n_val, limit)
+
+
+def _log_progress(budget: Budget, row: dict, rows: list) -> None:
+    done, spent = row["step"], row["seconds"]
+    recent = [r["train_loss"] for r in rows[-20:]]
+    val = "" if math.isnan(row["val_dice_mean"]) else f", validation Dice {row['val_dice_mean']:.3f}"
+    progress_log.info("step %d/%d (%.0f%%), loss %.3f (mean of last %d), lr %.2g, %.2f s/step%s, "
+                      "ETA %.1f min", done, budget.max_steps, 100 * budget.progress(done, spent),
+                      float(np.mean(recent)), len(recent), row["lr"], spent / done, val,
+                      budget.eta(done, spent) / 60)
+
+
+def training_summary(p, budget: Budget, rows: list, stopped_by: str) -> dict:
+    """What the run did: steps, why it stopped, its time (training.json, model.pt)."""
+    steps = rows[-1]["step"] if rows else 0
+    seconds = float(rows[-1]["seconds"]) if rows else 0.0
+    return {"steps": steps, "max_steps": p["max_steps"], "stopped_by": stopped_by,
+            "time_budget_min": p["time_budget_min"],
+            "time_budget_applied": budget.seconds is not None,
+            "deterministic": bool(p["deterministic"]), "seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / steps, 3) if steps else None,
+            "lr_schedule": p["lr_schedule"]}
+
+
+def _write_outputs(out_dir, module, p, seed, train_items, in_channels, channel_order, rows, work_dir,
+                   summary) -> Path:
     import monai
     import pandas as pd
 
@@ -328,12 +485,16 @@ def _write_outputs(out_dir, module, p, seed, train_items, in_channels, channel_o
         "roi_size": p["roi_size"],
         "normalize": bool(p["normalize"]),
         "seed": int(seed),
-        "steps": p["max_steps"],
+        "steps": summary["steps"],
+        "max_steps": p["max_steps"],
+        "stopped_by": summary["stopped_by"],
+        "time_budget_min": p["time_budget_min"] if summary["time_budget_applied"] else None,
         "trained_on": [str(i.get("subject")) for i in train_items],
         "monai_version": str(monai.__version__),
         "torch_version": str(torch.__version__),
     })
     write_csv(out_dir / "training_log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS))
+    write_json(out_dir / "training.json", summary)
     if work_dir is not None and not p["keep_checkpoints"]:
         for ckpt in _checkpoints(work_dir):
             ckpt.unlink(missing_ok=True)

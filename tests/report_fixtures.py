@@ -88,7 +88,7 @@ def _write_subject(root, s, shape, spacing, rng, flags):
                           "specificity": float(rng.uniform(0.995, 1.0))}
     io.write_json(base / "seg" / "metrics.json", scores)
     io.write_json(base / "nifti" / "ingest.json", {
-        "subject": s, "status": "ok", "error": None, "series_found": 5,
+        "subject": s, "status": "ok", "error": None, "n_series": 5,
         "sequences": {q: {"series_number": i + 2, "series_description": f"AX {q.upper()}",
                           "shape": [256, 256, 24]} for i, q in enumerate(SEQS)},
         "warnings": ["localizer series skipped"] if rng.random() < 0.3 else []})
@@ -185,8 +185,7 @@ def make_results(root, n_subjects: int = 4, n_failed: int = 1, shape=(40, 40, 28
     for s in failed:
         errors[s] = FAILED_ERROR.format(s=s, path=f"/data/dicom/{s}")
         io.write_json(root / "subjects" / s / "nifti" / "ingest.json", {
-            "subject": s, "status": "failed", "error": errors[s], "sequences": {},
-            "series_found": 3, "warnings": [], "file": f"/data/dicom/{s}"})
+            "subject": s, "status": "failed", "error": errors[s], "file": f"/data/dicom/{s}"})
     flagged = {ok[0]: ["low_similarity_flair"]} if ok else {}
     qc_rows, seg_rows = [], []
     for s in ok:

@@ -6,6 +6,7 @@ import base64
 import html
 import io as _io
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -16,8 +17,12 @@ from PIL import Image
 from btpipe import io
 from btpipe.report import build_report, methods_text
 from btpipe.report import figures as F
-from btpipe.report.build import benchmark_table, fmt, mean_ci
+from btpipe.report.blocks import fmt
+from btpipe.report.provenance import benchmark_table
+from btpipe.survival.metrics import mean_ci
 from report_fixtures import demo_config, make_results
+
+REPO = Path(__file__).resolve().parents[1]
 
 RUN_INFO = {"btpipe version": "0.1.0", "git commit": "abc1234", "config digest": "deadbeef",
             "command line": "snakemake --cores 2 report", "started": "2026-01-01T10:00",
@@ -132,7 +137,7 @@ def test_report_survives_corrupt_and_partial_inputs(tmp_path):
     io.write_text(root / "survival" / "metrics.parquet", "this is not parquet")
     io.write_json(root / "subjects" / "s1" / "nifti" / "ingest.json",
                   {"subject": "s1", "status": "failed", "error": "s1: DICOM folder empty <x>",
-                   "sequences": {}, "series_found": 0, "warnings": []})
+                   "sequences": {}, "n_series": 0, "warnings": []})
     # A T1ce without segmentation or mask still gives an overlay image.
     data = np.random.default_rng(0).normal(100, 10, (12, 14, 10)).astype(np.float32)
     io.save_array_nifti(root / "subjects" / "s2" / "preproc" / "t1ce.nii.gz", data, np.eye(4))
@@ -142,6 +147,61 @@ def test_report_survives_corrupt_and_partial_inputs(tmp_path):
     assert "survival/metrics.parquet" in text and "could not be read" in text
     assert 'alt="segmentation overlay s2"' in text
     assert "WT Dice vs truth (out-of-fold)" in text and "not available" in text
+
+
+def test_cohort_table_counts_the_series_ingest_saw(tmp_path):
+    """The "series found" cell comes from what ingest really writes (ingest.json's
+    n_series, else series.parquet), here a demo subject (4 series) ingested for real."""
+    from btpipe.demo.generate import make_subject
+    from btpipe.report.cohort import cohort_section
+    from btpipe.report.inputs import Inputs
+    from btpipe.ingest.step import ingest_step
+
+    make_subject(tmp_path / "demo", "demo-000", 0, seed=0, voxel_scale=3.0)
+    results = tmp_path / "results"
+    nifti = results / "subjects" / "demo-000" / "nifti"
+    record = ingest_step("demo-000", {"dicom_dir": str(tmp_path / "demo" / "dicom" / "demo-000")},
+                         nifti, REPO / "resources" / "ingest" / "sequence_rules.yaml")
+    assert record["status"] == "ok" and record["n_series"] == 4
+
+    def series_cell():
+        blocks = cohort_section(Inputs(results), ["demo-000"])["blocks"]
+        table = next(b["table"] for b in blocks if b.get("table") and b["table"].caption == "Subjects")
+        return table.rows[0][table.columns.index("series found")]
+
+    assert series_cell() == "4"
+    io.write_json(nifti / "ingest.json", {k: v for k, v in record.items() if k != "n_series"})
+    assert series_cell() == "4"                          # from series.parquet
+
+
+def test_models_at_or_below_chance_are_explained(tmp_path):
+    """A constant forest (C 0.5 exactly) and a Cox below chance each get a reason on
+    the page, in the demo box and the survival section; a model above chance none."""
+    root = tmp_path / "results"
+    make_results(root, n_subjects=12, n_failed=0, models=("age_cox", "cox", "rsf"), folds=3)
+    metrics = pd.read_parquet(root / "survival" / "metrics.parquet")
+    harrell = metrics["metric"] == "c_harrell"
+    metrics.loc[harrell & (metrics["model"] == "age_cox"), "value"] = [0.78, 0.81, 0.75]
+    metrics.loc[harrell & (metrics["model"] == "cox"), "value"] = [0.30, 0.45, 0.43]
+    metrics.loc[harrell & (metrics["model"] == "rsf"), "value"] = 0.5
+    io.write_parquet(root / "survival" / "metrics.parquet", metrics)
+    rsf = pd.read_parquet(root / "survival" / "rsf" / "predictions.parquet").assign(risk=7.25)
+    io.write_parquet(root / "survival" / "rsf" / "predictions.parquet", rsf)
+    for model, extra in (("rsf", {"hyperparameters": {"min_samples_leaf": 15}}),
+                         ("cox", {"features_used_final": ["age", "f1", "f2", "f3"]})):
+        io.write_json(root / "survival" / model / "card.json",
+                      {"model": model, "n": 12, "n_events": 9, "folds": 3, **extra})
+    text = build_report(root, demo_config(), tmp_path / "r.html").read_text(encoding="utf-8")
+    constant = "rsf: C 0.500 because it gave every test subject the same risk"
+    below = "cox: C 0.393, no better than chance out of fold"
+    for sentence in (constant, below, "min_samples_leaf", "uses 4 features"):
+        assert text.count(sentence) == 2, sentence            # demo box and survival section
+    assert "includes 0.5" in text
+    assert "age_cox: C" not in text
+    row = re.search(r"Survival C-index \(Harrell\), age_cox.*?</tr>", text, re.S).group(0)
+    assert "above chance" in row
+    row = re.search(r"Survival C-index \(Harrell\), rsf.*?</tr>", text, re.S).group(0)
+    assert "at or below chance" in row
 
 
 def test_largest_tumour_slice_and_overlay(tmp_path):
@@ -189,16 +249,38 @@ def test_methods_text_reflects_what_ran(tmp_path):
     assert "dcm2niix" not in text and "SegResNet" not in text  # those stages did not run
 
 
+def test_methods_text_says_how_long_each_model_trained(tmp_path):
+    """The steps run and why training stopped come from each model's training.json."""
+    config = demo_config()
+    config["segmentation"].update(max_steps=600, time_budget_min=4.5)
+    models = tmp_path / "models" / "segmentation"
+    for name, steps, why in (("fold0", 600, "max_steps"), ("fold1", 512, "time_budget"),
+                             ("final", 455, "time_budget")):
+        io.write_json(models / name / "training.json", {
+            "steps": steps, "max_steps": 600, "stopped_by": why, "time_budget_min": 4.5,
+            "time_budget_applied": True})
+    io.write_csv(models / "training_log.csv", pd.DataFrame({"model": ["fold0"], "step": [1]}))
+    text = methods_text(config, tmp_path)
+    assert "up to 600 optimiser steps or 4.5 minutes of wall-clock time per model" in text
+    assert ("final 455 steps (stopped by the time budget); fold0 600 steps (all steps); "
+            "fold1 512 steps (stopped by the time budget)") in text
+    for name in ("fold0", "fold1", "final"):                  # deterministic: budget not applied
+        io.write_json(models / name / "training.json", {"steps": 600, "stopped_by": "max_steps",
+                                                        "time_budget_applied": False})
+    text = methods_text(config, tmp_path)
+    assert "600 optimiser steps: final 600 steps (all steps)" in text and "wall-clock" not in text
+
+
 def test_fmt():
     assert fmt(None) == "–" and fmt(float("nan")) == "–"
     assert fmt(3) == "3" and fmt(0.12345) == "0.123" and fmt(123456.0) == "123,456"
     assert fmt({"a": 1}) == "a: 1"
 
 
-def test_univariate_cindex_matches_sksurv():
+def test_feature_cindex_matches_sksurv():
     from sksurv.metrics import concordance_index_censored
 
-    from btpipe.report.build import univariate_cindex
+    from btpipe.report.radiomics import feature_cindex
 
     rng = np.random.default_rng(7)
     n = 40
@@ -210,7 +292,7 @@ def test_univariate_cindex_matches_sksurv():
                           "c": rng.normal(size=n), "const": 1.0})
     feats.loc[rng.choice(n, 9, replace=False), "c"] = np.nan
     outcomes = pd.DataFrame({"subject": feats["subject"], "time": time, "event": event})
-    got = univariate_cindex(feats, outcomes, ["a", "b", "c", "const"]).set_index("feature")
+    got = feature_cindex(feats, outcomes, ["a", "b", "c", "const"]).set_index("feature")
     assert "const" not in got.index  # a constant carries no ranking
     for col in ("a", "b", "c"):
         ok = feats[col].notna().to_numpy()
@@ -255,3 +337,36 @@ def test_methods_text_names_the_test_time_mirroring(tmp_path, tta, phrase):
     assert "SegResNet" in text
     assert ("mirror" in text) == (phrase is not None)
     assert phrase is None or phrase in text
+
+
+def test_segmentation_section_lists_lesions_and_methods_name_panoptica(tmp_path):
+    """Lesion-wise scores of two subjects (one lesion found and one missed; nothing
+    found) reach the summary, the per-subject table and one row per reference lesion."""
+    from btpipe.report.inputs import Inputs
+    from btpipe.report.segmentation import segmentation_section
+    from btpipe.segment.metrics import cohort_tables, score
+
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[2:5, 2:5, 2:5] = 2
+    ref[12:14, 12:14, 12:14] = 2
+    preds = {"s1": np.where(np.arange(20)[:, None, None] < 8, ref, 0), "s2": np.zeros_like(ref)}
+    paths = {}
+    for subject, pred in preds.items():
+        paths[subject] = tmp_path / "subjects" / subject / "seg" / "metrics.json"
+        io.write_json(paths[subject], score(pred, ref, metric_sets=("legacy", "lesionwise")))
+        io.save_array_nifti(paths[subject].parent / "seg.nii.gz", pred, np.eye(4), dtype=np.uint8)
+    long, summary = cohort_tables(paths)
+    io.write_parquet(tmp_path / "cohort" / "seg_metrics.parquet", long)
+    io.write_parquet(tmp_path / "cohort" / "seg_summary.parquet", summary)
+    blocks = segmentation_section(Inputs(tmp_path))["blocks"]
+    assert {"lw_dice", "lesions_fn"} <= {row[1] for row in blocks[0]["table"].rows}
+    details = {b["summary"]: b["blocks"][0]["table"] for b in blocks if b["kind"] == "details"}
+    assert "lw_dice WT" in details["Scores per subject (2)"].columns
+    lesions = details["Lesions per subject (4)"]       # 2 subjects x 2 WT lesions
+    assert lesions.columns[:4] == ["subject", "region", "lesion", "volume (mm³)"]
+    detected = [(row[0], row[3], row[4]) for row in lesions.rows]
+    assert sorted(detected) == [("s1", "27", "yes"), ("s1", "8", "no"),
+                                ("s2", "27", "no"), ("s2", "8", "no")]
+    assert "4 reference lesions, 3 missed; 0 spurious" in lesions.note
+    text = methods_text(demo_config(), tmp_path)
+    assert "Lesion-wise Dice" in text and "panoptica" in text

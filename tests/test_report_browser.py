@@ -4,7 +4,9 @@ Checks: no console or script errors, every image decoded (naturalWidth > 0),
 and a screenshot that is not blank. The page's own script records its
 self-check into a hidden element that ``--dump-dom`` returns; Chromium's
 ``--enable-logging=stderr`` adds every console message as a CONSOLE line.
-CI installs Debian's chromium, so a missing browser is a failure, not a skip.
+The test set-up installs Debian's chromium as root (tests/setup_check.py) and
+otherwise stops the run before the first test: a missing browser is a failure,
+not a skip.
 """
 
 from __future__ import annotations
@@ -21,18 +23,13 @@ from PIL import Image
 
 from btpipe.report import build_report
 from report_fixtures import demo_config, make_results
+from setup_check import chromium
 
-CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.browser
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--hide-scrollbars", "--mute-audio"]
-
-
-def chromium() -> str:
-    path = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    if not path:
-        pytest.fail("chromium not found at /usr/bin/chromium: apt-get install -y chromium")
-    return path
 
 
 def run_chromium(args, profile: Path, timeout=120) -> subprocess.CompletedProcess:

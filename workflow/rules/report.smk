@@ -5,13 +5,13 @@ def report_inputs(wildcards):
     subjects = passed_ingest()
     return {
         "ingest": ingest_summary_path(),
-        "qc": f"{R}/cohort/qc.parquet",
-        "seg": f"{R}/cohort/seg_metrics.parquet",
-        "features": f"{R}/cohort/features.parquet",
-        "coverage": f"{R}/cohort/slice_coverage.parquet",
-        "survival": f"{R}/survival/metrics.parquet",
-        "montages": [f"{subject_dir(s)}/preproc/qc.png" for s in subjects],
-        "segs": [f"{subject_dir(s)}/seg/seg.nii.gz" for s in subjects],
+        "qc": L.cohort("qc"),
+        "seg": L.cohort("seg_metrics"),
+        "features": L.cohort("features"),
+        "coverage": L.cohort("slice_coverage"),
+        "survival": [L.survival("metrics.parquet")] if SURVIVAL_ENABLED else [],
+        "montages": [L.qc(s, "png") for s in subjects],
+        "segs": [L.seg(s) for s in subjects],
     }
 
 
@@ -19,12 +19,12 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        report(f"{R}/report/report.html", caption="../report/report.rst", category="Report"),
+        report(L.report("report.html"), caption="../report/report.rst", category="Report"),
     params:
         config=config,
         results_dir=R,
     log:
-        f"{R}/logs/report.log",
+        L.log("report"),
     resources:
         **step_resources("report"),
     conda:
@@ -33,23 +33,42 @@ rule report:
         "../scripts/report.py"
 
 
-rule report_figures:
-    """The main figures as files with captions, for `snakemake --report`."""
+rule report_seg_figure:
+    """Segmentation scores as a file with its caption, for `snakemake --report`."""
     input:
-        seg=f"{R}/cohort/seg_metrics.parquet",
-        survival=f"{R}/survival/metrics.parquet",
+        L.cohort("seg_metrics"),
     output:
-        seg=report(f"{R}/report/figures/seg_scores.png", caption="../report/seg_scores.rst",
-                   category="Segmentation"),
-        km=report(f"{R}/report/figures/kaplan_meier.png", caption="../report/km.rst",
-                  category="Survival"),
-    params:
-        results_dir=R,
-        km_model=config["survival"]["models"][0],
+        report(L.report("figures", "seg_scores.png"), caption="../report/seg_scores.rst",
+               category="Segmentation"),
     log:
-        f"{R}/logs/report_figures.log",
+        L.log("report_seg_figure"),
     localrule: True
     conda:
         "../../envs/report.yaml"
     script:
-        "../scripts/report_figures.py"
+        "../scripts/report_seg_figure.py"
+
+
+rule report_km_figure:
+    """Kaplan-Meier curves of the first survival model, for `snakemake --report`."""
+    input:
+        L.survival(SURV["models"][0], "predictions.parquet") if SURV["models"] else [],
+    output:
+        report(L.report("figures", "kaplan_meier.png"), caption="../report/km.rst",
+               category="Survival"),
+    params:
+        model=SURV["models"][0] if SURV["models"] else None,
+    log:
+        L.log("report_km_figure"),
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/report_km_figure.py"
+
+
+def report_figures():
+    """The figure files: segmentation scores when models segmented labelled subjects,
+    Kaplan-Meier curves when the survival stage runs."""
+    return ([L.report("figures", "seg_scores.png")] if not PROVIDED_MODE else []) + \
+        ([L.report("figures", "kaplan_meier.png")] if SURVIVAL_ENABLED else [])

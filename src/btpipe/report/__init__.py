@@ -4,7 +4,7 @@
 report; ``methods_text(config, results_dir)`` gives the generated methods.
 """
 
-from .build import build_report
+from .page import build_report
 from .methods import methods_text
 
 __all__ = ["build_report", "methods_text"]

@@ -9,6 +9,7 @@ the papers of components that ran are cited.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +41,8 @@ REFERENCES = {
     "brats2021": "Baid U, Ghodasara S, Mohan S, et al. The RSNA-ASNR-MICCAI BraTS 2021 benchmark "
                  "on brain tumor segmentation and radiogenomic classification. arXiv:2107.02314. "
                  "2021.",
+    "panoptica": "Kofler F, Möller H, Buchner JA, et al. Panoptica -- instance-wise evaluation "
+                 "of 3D semantic and instance segmentation maps. arXiv:2312.02608. 2023.",
     "pyradiomics": "van Griethuysen JJM, Fedorov A, Parmar C, et al. Computational radiomics "
                    "system to decode the radiographic phenotype. Cancer Res. "
                    "2017;77(21):e104-e107.",
@@ -59,6 +62,7 @@ CITE_LABEL = {
     "deepbet": "Fisch et al., 2024", "sri24": "Rohlfing et al., 2010",
     "segresnet": "Myronenko, 2018", "monai": "Cardoso et al., 2022",
     "brats2015": "Menze et al., 2015", "brats2021": "Baid et al., 2021",
+    "panoptica": "Kofler et al., 2023",
     "pyradiomics": "van Griethuysen et al., 2017", "sksurv": "Pölsterl, 2020",
     "deepsurv": "Katzman et al., 2018", "deephit": "Lee et al., 2018",
     "snakemake": "Mölder et al., 2021",
@@ -198,6 +202,30 @@ def _preprocess_paragraph(config, results_dir, cite) -> str | None:
     return text
 
 
+STOP_TEXT = {"max_steps": "all steps", "time_budget": "stopped by the time budget"}
+
+
+def _steps_text(seg, results_dir) -> str:
+    """How long the models trained, from their training.json (steps run and why
+    they stopped) where present, else the configured limits."""
+    runs = {}
+    for path in sorted((results_dir / "models" / "segmentation").glob("*/training.json")):
+        with contextlib.suppress(OSError, ValueError):
+            runs[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
+    budget = seg.get("time_budget_min")
+    applied = any(r.get("time_budget_applied") for r in runs.values())
+    limit = (f"up to {seg.get('max_steps', '?')} optimiser steps or {budget:g} minutes of "
+             "wall-clock time per model, whichever came first (the learning-rate decay "
+             "following the nearer limit)" if budget and (applied or not runs)
+             else f"{seg.get('max_steps', '?')} optimiser steps")
+    if not runs:
+        return limit
+    done = "; ".join(f"{name} {r.get('steps', '?')} steps "
+                     f"({STOP_TEXT.get(r.get('stopped_by'), r.get('stopped_by'))})"
+                     for name, r in runs.items())
+    return f"{limit}: {done}"
+
+
 def _segmentation_paragraph(config, results_dir, cite) -> str | None:
     seg_files = [d / "seg" / "seg.nii.gz" for d in _subject_dirs(results_dir)]
     n_seg = sum(p.exists() for p in seg_files)
@@ -213,17 +241,27 @@ def _segmentation_paragraph(config, results_dir, cite) -> str | None:
                f"implemented in MONAI {monai_v} {cite('monai')} on PyTorch {torch_v}")
     else:
         net = f"a {network} network implemented in MONAI {monai_v} {cite('monai')}"
+    if seg.get("mode") == "provided":
+        text = ("Each subject's expert labels, carried to atlas space, were its segmentation; "
+                "no segmentation model was trained"
+                + (f", and subjects without labels were segmented by {net} with pretrained "
+                   f"weights ({seg['model_path']})" if seg.get("model_path") else "") + ". ")
+        return text.strip()
     if seg.get("mode", "train") == "pretrained":
         text = (f"Tumours were segmented in atlas space by {net} with pretrained weights "
                 f"({seg.get('model_path')}), applied to every subject. ")
     else:
         text = (f"Tumours were segmented in atlas space by {net}, trained from the "
                 f"expert labels with {seg.get('folds', '?')}-fold cross-validation: each "
-                "subject was segmented by the fold model that had not seen it, and a final "
-                "model was trained on all subjects for new data. Training used patches of "
+                "labelled subject was segmented by the fold model that had not seen it, "
+                + ("subjects without labels by the mean probability of the fold models, "
+                   if seg.get("unlabelled", "ensemble") == "ensemble" else
+                   "subjects without labels by the final model, ")
+                + "and a final model was trained on all labelled subjects for new data. "
+                "Training used patches of "
                 f"{'x'.join(str(v) for v in seg.get('roi_size', []))} voxels, batch size "
-                f"{seg.get('batch_size', '?')}, {seg.get('max_steps', '?')} optimiser steps "
-                f"and learning rate {seg.get('learning_rate', '?')}, validating every "
+                f"{seg.get('batch_size', '?')}, {_steps_text(seg, results_dir)} and learning "
+                f"rate {seg.get('learning_rate', '?')}, validating every "
                 f"{seg.get('val_every', '?')} steps. ")
     text += ("Inputs were the four normalised sequences (T1, T1ce, T2, FLAIR) and outputs the "
              "nested regions whole tumour (WT), tumour core (TC) and enhancing tumour (ET)"
@@ -234,11 +272,28 @@ def _segmentation_paragraph(config, results_dir, cite) -> str | None:
     if seg.get("et_min_volume_mm3"):
         text += (f"Enhancing components smaller than {seg['et_min_volume_mm3']} mm3 were "
                  "relabelled as necrosis. ")
-    if (results_dir / "cohort" / "seg_metrics.parquet").exists():
+    metrics_path = results_dir / "cohort" / "seg_metrics.parquet"
+    if metrics_path.exists():
         text += (f"Segmentations of {n_seg} subjects were scored against the reference labels "
                  f"with the BraTS metrics (Dice, 95th-percentile Hausdorff distance, "
                  f"sensitivity, specificity per region) {cite('brats2015', 'brats2021')}.")
+        text += _lesionwise_sentence(metrics_path, cite)
     return text.strip()
+
+
+def _lesionwise_sentence(metrics_path, cite) -> str:
+    """The lesion-wise scoring sentence, when the metrics table holds lesion-wise rows."""
+    try:
+        names = set(pd.read_parquet(metrics_path, columns=["metric"])["metric"])
+    except (OSError, ValueError, KeyError):
+        return ""
+    if "lw_dice" not in names:
+        return ""
+    version = installed_version("panoptica") or "version unknown"
+    return (" Lesion-wise Dice, 95th-percentile Hausdorff distance and normalised surface Dice "
+            "(means over matched lesions) and counts of detected, spurious and missed lesions "
+            "were computed as in the official BraTS evaluation since 2023: connected components "
+            f"matched one-to-one on Dice, with panoptica {version} {cite('panoptica')}.")
 
 
 def _radiomics_params_summary(path) -> str:
@@ -332,10 +387,33 @@ def _survival_paragraph(config, results_dir, cite) -> str | None:
             f"{', '.join(str(h) for h in surv.get('horizons_days', []))} days, the hazard ratio "
             "and log-rank test between risk groups split at the training-fold median risk, and "
             "the BraTS survival-class accuracy (cut-offs "
-            f"{', '.join(str(c) for c in surv.get('class_cutoffs_months', []))} months), MSE and "
+            f"{_cutoffs_text(surv)}), MSE and "
             "Spearman correlation of predicted days where a model predicts days. Pairs of models "
-            "were compared with a paired permutation test of the C-index difference.")
+            "were compared with a paired permutation test of the C-index difference."
+            + _cohort_text(results_dir, surv))
     return text
+
+
+def _cutoffs_text(surv: dict) -> str:
+    days = surv.get("class_cutoffs_days")
+    if days:
+        return ", ".join(f"{d:g}" for d in days) + " days"
+    return ", ".join(str(c) for c in surv.get("class_cutoffs_months", [])) + " months of 30.44 days"
+
+
+def _cohort_text(results_dir: Path, surv: dict) -> str:
+    """Who was left out of cross-validation (survival/excluded.json), for the methods."""
+    excluded = _read_json(results_dir / "survival" / "excluded.json") or {}
+    records = excluded.get("excluded") if isinstance(excluded, dict) else None
+    if not isinstance(records, list) or not records:
+        return ""
+    reasons = pd.Series([r.get("reason", "?") for r in records]).value_counts()
+    listed = "; ".join(f"{reason}: {count}" for reason, count in reasons.items())
+    subset = surv.get("subset") or {}
+    where = (" Cross-validation was restricted to "
+             + ", ".join(f"{c} in {list(v)}" for c, v in subset.items()) + ".") if subset else ""
+    return (f" {len(records)} subjects were left out of cross-validation ({listed}) and "
+            f"predicted by the final models.{where}")
 
 
 def methods_paragraphs(config: dict, results_dir) -> tuple[list[tuple[str, str]], list[str]]:

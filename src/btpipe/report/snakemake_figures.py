@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
-
 import pandas as pd
 
 from .. import io
@@ -16,9 +14,11 @@ def _write_data_uri(uri: str, path) -> None:
     io.write_bytes(path, base64.b64decode(uri.split(",", 1)[1]))
 
 
-def write_report_figures(results_dir, seg_png, km_png, km_model) -> None:
-    results = Path(results_dir)
-    _write_data_uri(seg_boxplots(pd.read_parquet(results / "cohort/seg_metrics.parquet")),
-                    seg_png)
-    predictions = pd.read_parquet(results / "survival" / km_model / "predictions.parquet")
-    _write_data_uri(kaplan_meier_panel(predictions, km_model), km_png)
+def write_seg_figure(metrics_path, png) -> None:
+    """Box plots of the out-of-fold segmentation scores."""
+    _write_data_uri(seg_boxplots(pd.read_parquet(metrics_path)), png)
+
+
+def write_km_figure(predictions_path, model, png) -> None:
+    """Kaplan-Meier curves of one model's out-of-fold risk groups."""
+    _write_data_uri(kaplan_meier_panel(pd.read_parquet(predictions_path), model), png)

@@ -27,11 +27,11 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        f"{R}/report/report.html",
-        f"{R}/report/figures/seg_scores.png",
-        f"{R}/report/figures/kaplan_meier.png",
+        L.report("report.html"),
+        report_figures(),
+        survival_outputs() if SURVIVAL_ENABLED else [],
         # The final segmentation model is a deliverable (it segments new subjects).
-        [f"{MODELS_DIR}/final/model.pt"] if TRAIN_MODE else [],
+        [L.seg_model("final")] if TRAIN_MODE else [],
 
 
 onstart:

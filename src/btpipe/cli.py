@@ -24,13 +24,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def merged_configfiles(paths) -> dict:
+    """The --configfile files merged in order, as Snakemake merges them over config.yaml."""
+    import yaml
+
+    from .config import deep_update
+
+    merged = {}
+    for path in paths or ():
+        with open(path, encoding="utf-8") as fh:
+            merged = deep_update(merged, yaml.safe_load(fh) or {})
+    return merged
+
+
 def cmd_validate(args) -> int:
     from .config import head_atlas_file, load_config
-    from .samples import demo_sheet_pending, load_samples, missing_files
+    from .samples import (config_problems, demo_sheet_pending, effective_labels, load_samples,
+                          missing_files)
 
-    config = load_config(args.config)
+    config = load_config(args.config, overrides=merged_configfiles(args.configfile))
     samples = load_samples(config)
-    problems = []
+    if config["labels"] == "auto":
+        print(f"labels: auto -> {effective_labels(config, samples)}")
+    problems = config_problems(config, samples)
     if demo_sheet_pending(config):
         print(f"samples sheet {config['samples']} will be written by the demo rules")
     else:
@@ -72,12 +88,12 @@ def cmd_convert(args) -> int:
 def cmd_score(args) -> int:
     from .segment.metrics import score_cli
 
-    score_cli(args.pred, args.gt, args.labels, args.json)
+    score_cli(args.pred, args.gt, args.labels, args.json, lesionwise=args.lesionwise)
     return 0
 
 
 def cmd_survival(args) -> int:
-    from .survival.lab import survival_cli
+    from .survival.cli import survival_cli
 
     survival_cli(args)
     return 0
@@ -104,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("validate", help="check config and samples sheet, list problems")
-    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--config", default="config.yaml",
+                   help="the base config (the workflow's config.yaml)")
+    p.add_argument("--configfile", action="append", default=[],
+                   help="merged over --config in order, as snakemake --configfile (e.g. a recipe)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("convert", help="every DICOM series -> NIfTI + JSON + series table")
@@ -117,8 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="BraTS metrics for a segmentation")
     p.add_argument("--pred", required=True)
     p.add_argument("--gt", required=True)
-    p.add_argument("--labels", default="brats2021")
+    p.add_argument("--labels", default="brats2021",
+                   help="label convention (brats2021, brats2023, brats2024, brats2015) or auto: "
+                        "from the BraTS name of --gt")
     p.add_argument("--json", default=None)
+    p.add_argument("--lesionwise", action="store_true",
+                   help="add the lesion-wise metrics (BraTS 2023+: lw_dice, lw_hd95, lw_nsd, "
+                        "lesion counts; per-lesion rows in the JSON)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("survival", help="the survival lab on any feature table")

@@ -16,6 +16,15 @@ from pathlib import Path
 import numpy as np
 
 TMP_PREFIX = ".tmp-"
+# Names the workflow itself leaves in folders it writes: Snakemake's marker in
+# every directory() output (and its .snakemake/ folder), btpipe's temporary
+# files. They are never input: scans of input folders skip them without a word.
+PIPELINE_MARKER_PREFIXES = (".snakemake", TMP_PREFIX)
+
+
+def is_pipeline_marker(name) -> bool:
+    """True for a file or folder name the workflow wrote (PIPELINE_MARKER_PREFIXES)."""
+    return Path(name).name.startswith(PIPELINE_MARKER_PREFIXES)
 
 
 def _default_mode() -> int:
@@ -186,8 +195,22 @@ def read_label_volume(path, what="label map"):
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{what} must be 3-D, got shape {data.shape}", path=path)
+    if data.dtype.kind in "iu":  # integer-stored labels: nothing to round
+        return img, data.astype(np.int16)
     rounded = np.rint(data)
     # Float-stored labels written by other tools may carry rounding noise.
     if not np.allclose(rounded, data, atol=1e-3):
         raise InputError(f"{what} holds non-integer values", path=path)
     return img, rounded.astype(np.int16)
+
+
+def plain_values(value):
+    """Tuples -> lists, numpy scalars -> Python, recursively: safe for JSON and for
+    torch.load(weights_only=True)."""
+    if isinstance(value, dict):
+        return {k: plain_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_values(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

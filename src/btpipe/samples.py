@@ -181,6 +181,23 @@ def load_samples(config) -> pd.DataFrame:
     return frame.set_index("subject", drop=False)
 
 
+def effective_labels(config, samples: pd.DataFrame | None = None):
+    """The label convention in force: config `labels`, where `auto` becomes the
+    convention that every subject's t1ce and seg file names settle (see
+    btpipe.ingest.discover.convention_for_case); ConfigError otherwise."""
+    from .labels import AUTO
+
+    labels = config.get("labels", "brats2021")
+    if labels != AUTO:
+        return labels
+    from .ingest.discover import detect_convention  # imported late: optional stage
+
+    samples = load_samples(config) if samples is None else samples
+    paths = [value for column in ("t1ce", "seg") if column in samples.columns
+             for value in samples[column] if isinstance(value, str) and value]
+    return detect_convention(paths)
+
+
 def subject_inputs(row) -> dict:
     """The path fields of one row (None where absent), for the ingest step."""
     out = {col: (row.get(col) if isinstance(row.get(col), str) else None)
@@ -192,3 +209,52 @@ def subject_inputs(row) -> dict:
 def missing_files(row) -> list[str]:
     return [f"{col}={path}" for col, path in subject_inputs(row).items()
             if col != "space" and path and not Path(path).exists()]
+
+
+def _columns_source(config) -> str:
+    """Where the clinical columns come from, for messages."""
+    if config.get("brats_dir"):
+        from .ingest.discover import clinical_paths  # imported late: optional stage
+
+        tables = clinical_paths(config.get("clinical"))
+        return ", ".join(tables) if tables else \
+            f"{config['brats_dir']} (no clinical table: set 'clinical')"
+    return str(config.get("samples"))
+
+
+def survival_problems(config, frame: pd.DataFrame) -> list[str]:
+    """Configured survival columns (time, event, covariates, subset) absent from the sheet or
+    clinical table, each named with the file; none while the demo sheet is still to be written."""
+    surv = config.get("survival", {})
+    if not surv.get("enabled", True) or demo_sheet_pending(config):
+        return []
+    wanted = [("survival.time", surv.get("time")), ("survival.event", surv.get("event"))]
+    wanted += [("survival.covariates", c) for c in surv.get("covariates", [])]
+    wanted += [("survival.subset", c) for c in surv.get("subset", {})]
+    return [f"{key}: column {column!r} is not in {_columns_source(config)}"
+            for key, column in wanted if column and column not in frame.columns]
+
+
+def segmentation_problems(config, frame: pd.DataFrame) -> list[str]:
+    """Subjects the segmentation mode cannot segment, named (provided labels, pretrained model)."""
+    seg = config.get("segmentation", {})
+    mode, model_path = seg.get("mode"), seg.get("model_path")
+    if mode == "pretrained" and not model_path:
+        return ["segmentation.mode is pretrained but segmentation.model_path is not set"]
+    has_labels = frame["seg"].notna() if "seg" in frame.columns else pd.Series(False, frame.index)
+    if mode == "train" and not has_labels.any() and not demo_sheet_pending(config):
+        return [f"segmentation.mode is train but none of the {len(frame)} subjects has expert labels "
+                "(seg) to train on; give labels, or set mode pretrained with a model_path"]
+    if mode != "provided" or model_path:
+        return []
+    unlabelled = sorted(frame.loc[~has_labels, "subject"].astype(str))
+    if not unlabelled:
+        return []
+    shown = ", ".join(unlabelled[:10]) + (f" and {len(unlabelled) - 10} more" if len(unlabelled) > 10 else "")
+    return [f"segmentation.mode is provided but {len(unlabelled)} subject(s) have no expert labels "
+            f"(seg): {shown}; give their labels or set segmentation.model_path to segment them"]
+
+
+def config_problems(config, frame: pd.DataFrame) -> list[str]:
+    """Problems between the config and the subjects that stop a run before any job."""
+    return survival_problems(config, frame) + segmentation_problems(config, frame)

@@ -22,12 +22,16 @@ PROVENANCE_PACKAGES = ("btpipe", "snakemake", "numpy", "nibabel", "pydicom", "dc
 
 
 def dicom_fingerprint(folder) -> str:
-    """Digest of every file's relative path, size and mtime under a folder."""
+    """Digest of every file's relative path, size and mtime under a folder
+    (the workflow's own marker files left out: touching them changes no input)."""
+    from .io import is_pipeline_marker
+
     folder = Path(folder)
     if not folder.is_dir():
         return "missing"
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+            is_pipeline_marker(part) for part in p.relative_to(folder).parts)):
         stat = path.stat()
         digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
@@ -46,15 +50,33 @@ def configure_threads(threads: int, deterministic: bool) -> None:
         torch.set_num_threads(n)
 
 
+PROGRESS_LOGGER = "btpipe.progress"
+
+
+def _job_label(log_path) -> str:
+    """'seg_train/fold0' for logs/seg_train/fold0.log: names the job on the console."""
+    path = Path(log_path)
+    return f"{path.parent.name}/{path.stem}" if path.parent.name != "logs" else path.stem
+
+
 @contextlib.contextmanager
 def step_log(log_path, subject=None):
-    """Send this step's logging to its log file; log the error before it propagates."""
+    """Send this step's logging to its log file; log the error before it propagates.
+
+    Messages of the "btpipe.progress" logger (long steps' progress lines, e.g.
+    training's step, loss and ETA) also go to stderr, prefixed with the job,
+    which is where Snakemake's console shows what a script job prints.
+    """
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(f"%(asctime)s [{_job_label(log_path)}] %(message)s",
+                                           datefmt="%H:%M:%S"))
+    root, progress = logging.getLogger(), logging.getLogger(PROGRESS_LOGGER)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    progress.addHandler(console)
     try:
         yield logging.getLogger("btpipe")
     except Exception as exc:
@@ -64,6 +86,7 @@ def step_log(log_path, subject=None):
         raise
     finally:
         root.removeHandler(handler)
+        progress.removeHandler(console)
         handler.close()
 
 

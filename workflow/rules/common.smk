@@ -7,15 +7,21 @@ from pathlib import Path
 import btpipe
 from btpipe.config import head_atlas_file, validate_config
 from btpipe.demo import layout as demo_layout
-from btpipe.samples import load_samples, subject_inputs
+from btpipe.errors import ConfigError
+from btpipe.layout import Layout
+from btpipe.samples import config_problems, effective_labels, load_samples, subject_inputs
 from btpipe.workflow_support import dicom_fingerprint
 
 validate_config(config)  # fills nested defaults exactly as `btpipe validate` does
 
 R = config["results_dir"].rstrip("/")
+L = Layout(R)  # every path under results_dir (btpipe.layout)
 SEQS = list(btpipe.SEQUENCES)
 SAMPLES = load_samples(config)
+config["labels"] = effective_labels(config, SAMPLES)  # `auto` -> the convention the names settle
 SUBJECTS = list(SAMPLES.index)
+if config_problems(config, SAMPLES):
+    raise ConfigError("; ".join(config_problems(config, SAMPLES)))
 DEMO_DIR = config["demo"]["out_dir"].rstrip("/") if config["demo"]["enabled"] else None
 
 
@@ -23,10 +29,6 @@ wildcard_constraints:
     subject=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     fold=r"fold\d+|final",
     model=r"[A-Za-z0-9_]+",
-
-
-def subject_dir(subject="{subject}"):
-    return f"{R}/subjects/{subject}"
 
 
 def row(subject):
@@ -43,7 +45,7 @@ def has_reference(subject, column):
 
 
 def ingest_summary_path():
-    return f"{R}/cohort/ingest.parquet"
+    return L.cohort("ingest")
 
 
 def passed_ingest():
@@ -69,7 +71,9 @@ RESOURCES = {
     "ingest_subject": {"mem_mb": 2000, "runtime": 15},
     "preprocess_subject": {"mem_mb": 4000, "runtime": 30},
     "reference_to_atlas": {"mem_mb": 1500, "runtime": 10},
-    "seg_train": {"mem_mb": 8000, "runtime": 720},
+    # 5.2 GB peak at the recipes' size (init 16, 128^3, batch 2) on CPU, flat in the cohort
+    # size (bench/bench_scale.py); the demo's 48^3 patches take 1.6 GB
+    "seg_train": {"mem_mb": 6500, "runtime": 720},
     "segment_subject": {"mem_mb": 4000, "runtime": 30},
     "seg_score": {"mem_mb": 2000, "runtime": 10},
     "radiomics_subject": {"mem_mb": 3000, "runtime": 30},

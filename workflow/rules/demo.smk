@@ -13,7 +13,7 @@ if DEMO_DIR is not None:
             seed=config["demo"]["seed"],
             voxel_scale=config["demo"]["voxel_scale"],
             out_dir=DEMO_DIR,
-            template_cache=f"{R}/work/demo_template",  # built by the first job, loaded by the rest
+            template_cache=L.work("demo_template"),  # built by the first job, loaded by the rest
         log:
             f"{DEMO_DIR}/logs/demo_subject/{{subject}}.log",
         resources:

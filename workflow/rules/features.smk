@@ -5,10 +5,10 @@ SL = config["slices"]
 
 rule slice_bag:
     input:
-        images=expand(f"{R}/subjects/{{{{subject}}}}/preproc/norm/{{seq}}.nii.gz", seq=SEQS),
+        images=[L.norm(seq) for seq in SEQS],
         seg=radiomics_mask,
     output:
-        f"{R}/subjects/{{subject}}/slices.npz",
+        L.slice_bag(),
     params:
         before=SL["before"],
         after=SL["after"],
@@ -16,7 +16,7 @@ rule slice_bag:
         margin=SL["margin"],
         labels=config["labels"],
     log:
-        f"{R}/logs/slice_bag/{{subject}}.log",
+        L.log("slice_bag", "{subject}"),
     group:
         "subject_post"
     resources:
@@ -29,11 +29,13 @@ rule slice_bag:
 
 rule features_cohort:
     input:
-        lambda wc: [f"{subject_dir(s)}/radiomics.parquet" for s in passed_ingest()],
+        lambda wc: [L.radiomics(s) for s in passed_ingest()],
     output:
-        f"{R}/cohort/features.parquet",
+        L.cohort("features"),
+    params:
+        subjects=lambda wc: passed_ingest(),  # the order of the inputs
     log:
-        f"{R}/logs/features_cohort.log",
+        L.log("features_cohort"),
     localrule: True
     conda:
         "../../envs/radiomics.yaml"
@@ -43,11 +45,13 @@ rule features_cohort:
 
 rule slice_coverage:
     input:
-        lambda wc: [f"{subject_dir(s)}/slices.npz" for s in passed_ingest()],
+        lambda wc: [L.slice_bag(s) for s in passed_ingest()],
     output:
-        f"{R}/cohort/slice_coverage.parquet",
+        L.cohort("slice_coverage"),
+    params:
+        subjects=lambda wc: passed_ingest(),  # the order of the inputs
     log:
-        f"{R}/logs/slice_coverage.log",
+        L.log("slice_coverage"),
     localrule: True
     conda:
         "../../envs/radiomics.yaml"

@@ -28,15 +28,15 @@ rule ingest_subject:
     input:
         unpack(ingest_inputs),
     output:
-        directory(f"{R}/subjects/{{subject}}/nifti"),
+        directory(L.nifti_dir()),
     params:
         inputs=lambda wc: subject_inputs(row(wc.subject)),
         fingerprint=ingest_fingerprint,
         missing_sequence=config["ingest"]["missing_sequence"],
     log:
-        f"{R}/logs/ingest_subject/{{subject}}.log",
+        L.log("ingest_subject", "{subject}"),
     benchmark:
-        f"{R}/benchmarks/ingest_subject/{{subject}}.tsv"
+        L.benchmark("ingest_subject", "{subject}")
     group:
         "subject_prep"
     resources:
@@ -49,13 +49,13 @@ rule ingest_subject:
 
 checkpoint ingest_summary:
     input:
-        expand(f"{R}/subjects/{{subject}}/nifti", subject=SUBJECTS),
+        [L.nifti_dir(s) for s in SUBJECTS],
     output:
-        f"{R}/cohort/ingest.parquet",
+        ingest_summary_path(),
     params:
         subjects=SUBJECTS,
     log:
-        f"{R}/logs/ingest_summary.log",
+        L.log("ingest_summary"),
     localrule: True
     conda:
         "../../envs/ingest.yaml"

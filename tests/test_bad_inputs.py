@@ -1,6 +1,6 @@
 """The bad-input matrix: every case of docs/reliability.md, each asserting its exact handling.
 
-Errors: `btpipe.steps.ingest_step` records status 'failed' and an error naming the subject and
+Errors: `btpipe.ingest.step.ingest_step` records status 'failed' and an error naming the subject and
 the offending file or series folder, and leaves no half-written subject. Documented handlings:
 the warning text in ingest.json / the series table, or the flag of the later-stage function.
 Sheet problems (duplicate ids, path separators and '..', misspelt or missing columns, ALIVE
@@ -24,7 +24,7 @@ import yaml
 
 from btpipe.errors import InputError
 from btpipe.samples import subject_inputs
-from btpipe.steps import ingest_step
+from btpipe.ingest.step import ingest_step
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -400,7 +400,7 @@ def _(ctx):
 @case("brain_mask_empty_reference")
 def _(ctx):
     """An all-zero reference brain mask: Dice 0 in cohort/qc.parquet, no crash."""
-    from btpipe.steps import qc_cohort_step
+    from btpipe.preprocess.step import qc_cohort_step
 
     preproc = ctx.tmp / "results" / "subjects" / "m-empty" / "preproc"
     (preproc / "reference").mkdir(parents=True)
@@ -410,8 +410,9 @@ def _(ctx):
     nib.save(nib.Nifti1Image(mask, np.eye(4)), preproc / "brain_mask.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros_like(mask), np.eye(4)),
              preproc / "reference" / "brain_mask.nii.gz")
-    frame = qc_cohort_step([preproc / "qc.json"], [preproc / "brain_mask.nii.gz"],
-                           [preproc / "reference" / "brain_mask.nii.gz"], ctx.tmp / "qc.parquet")
+    frame = qc_cohort_step([preproc / "qc.json"], ["m-empty"], [preproc / "brain_mask.nii.gz"],
+                           {"m-empty": preproc / "reference" / "brain_mask.nii.gz"},
+                           ctx.tmp / "qc.parquet")
     assert frame.loc[0, "brain_mask_dice_reference"] == 0.0
 
 
@@ -450,7 +451,7 @@ def _identity_preproc(ctx, shape):
 
 @case("labels_outside_convention")
 def _(ctx):
-    from btpipe.steps import reference_to_atlas_step
+    from btpipe.preprocess.step import reference_to_atlas_step
 
     labels = _tumour_labels(with_et=False)
     labels[11, 11, 11] = 3  # BraTS 2023's ET value in a brats2021 cohort
@@ -519,6 +520,7 @@ def test_reliability_doc_lists_every_case():
 
 # --- one run of the workflow: bad subjects fail alone ---------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_snakemake_ingest_mixed_cohort(tmp_path, testdata, small_nifti):
     from pipeline_helpers import snakemake
@@ -548,6 +550,9 @@ def test_snakemake_ingest_mixed_cohort(tmp_path, testdata, small_nifti):
     config = deep_update(config, {
         "results_dir": "results", "samples": str(tmp_path / "samples.tsv"),
         "demo": {"enabled": False},
+        "survival": {"enabled": False},  # the sheet has no outcome columns
+        # no expert labels to train on: a model would segment them (ingest runs alone here)
+        "segmentation": {"mode": "pretrained", "model_path": str(tmp_path / "model.pt")},
         "ingest": {"rules": str(RULES)},
         "atlas": {"path": str(REPO / "resources/atlas/sri24/t1_brain.nii.gz")},
     })

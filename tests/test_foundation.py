@@ -161,6 +161,35 @@ def test_unexpected_label_values_and_bad_mapping():
         labels.resolve_convention("brats1999")
 
 
+def test_brats2024_resection_cavity_is_labelled_but_in_no_region():
+    lab = np.array([0, 1, 2, 3, 4])
+    wt, tc, et = labels.labels_to_regions(lab, "brats2024")
+    assert wt.tolist() == [False, True, True, True, False]
+    assert tc.tolist() == [False, True, False, True, False]
+    assert et.tolist() == [False, False, False, True, False]
+    assert labels.unexpected_values(lab, "brats2024") == []
+    assert labels.unexpected_values(lab, "brats2023") == [4]
+    # Back to labels: the cavity is not tumour, so it becomes background; 1-3 as in 2023.
+    assert labels.regions_to_labels([wt, tc, et], "brats2024").tolist() == [0, 1, 2, 3, 0]
+    assert labels.convert_labels(lab, "brats2024", "brats2021").tolist() == [0, 1, 2, 4, 0]
+    # A mapping may name the cavity too; 'auto' is resolved from file names, never here.
+    assert labels.region_values(labels.resolve_convention({1: "ED", 5: "RC"}))["WT"] == [1]
+    with pytest.raises(ConfigError, match="auto"):
+        labels.resolve_convention("auto")
+
+
+def test_scoring_and_labels_config_keys():
+    filled = validate_config({"results_dir": "r"})
+    assert filled["scoring"]["metrics"] == ["legacy"]
+    assert filled["labels"] == "brats2021"
+    for value in ("brats2024", "auto", {1: "NCR", 2: "ED", 3: "ET", 4: "RC"}):
+        validate_config({"results_dir": "r", "labels": value})
+    with pytest.raises(ConfigError, match="scoring.metrics"):
+        validate_config({"results_dir": "r", "scoring": {"metrics": ["dice"]}})
+    with pytest.raises(ConfigError, match="scoring.metrics"):
+        validate_config({"results_dir": "r", "scoring": {"metrics": []}})
+
+
 # --- atomic writes -----------------------------------------------------------------
 
 
@@ -207,3 +236,23 @@ def test_file_lock_makes_a_second_process_wait(tmp_path):
     second = subprocess.Popen([sys.executable, "-c", code, "b", "0"])
     assert first.wait() == 0 and second.wait() == 0
     assert log.read_text().split("\n")[:4] == ["a in", "a out", "b in", "b out"]
+
+
+def test_step_log_shows_progress_lines_on_the_console(tmp_path, capfd):
+    """Progress lines (btpipe.progress) go to the job's log file and to stderr, where
+    Snakemake's console shows them; other messages only to the log file."""
+    import logging
+
+    from btpipe.workflow_support import step_log
+
+    log_path = tmp_path / "logs" / "seg_train" / "fold0.log"
+    with step_log(log_path):
+        logging.getLogger("btpipe.progress.segment").info("step 30/600 (5%%), ETA %.1f min", 9.5)
+        logging.getLogger("btpipe.segment.train").info("checkpoint written")
+    err = capfd.readouterr().err
+    assert "[seg_train/fold0] step 30/600 (5%), ETA 9.5 min" in err
+    assert "checkpoint written" not in err
+    text = log_path.read_text()
+    assert "step 30/600 (5%), ETA 9.5 min" in text and "checkpoint written" in text
+    logging.getLogger("btpipe.progress.segment").info("after the step")
+    assert "after the step" not in capfd.readouterr().err      # handler removed with the step

@@ -1,4 +1,5 @@
-"""discover_brats on real BraTS 2023 files and on 2021-style names."""
+"""discover_brats on real BraTS 2023 files and on 2021-style names; the label
+convention that BraTS names settle."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import pytest
 
 from btpipe.errors import ConfigError
 from btpipe.ingest import discover_brats
+from btpipe.ingest.discover import convention_for_case, detect_convention
+from btpipe.labels import CONVENTIONS
+from btpipe.samples import effective_labels
 
 
 def test_brats2023_case_folder(testdata):
@@ -66,3 +70,46 @@ def test_no_cases_is_a_config_error(tmp_path):
         discover_brats(tmp_path)
     with pytest.raises(ConfigError, match="not found"):
         discover_brats(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("name, convention", [
+    ("BraTS20_Training_001_seg.nii.gz", "brats2021"),
+    ("BraTS2021_00495_t1ce.nii.gz", "brats2021"),
+    ("Brats18_2013_2_1_flair.nii.gz", "brats2021"),
+    ("BraTS-GLI-00001-000-t1c.nii.gz", "brats2024"),    # 2023: 1-3, never 4
+    ("BraTS-GLI-02060-100-seg.nii.gz", "brats2024"),    # 2024 post-treatment: 4 = cavity
+    ("BraTS-MET-00002-000-t2f.nii", "brats2024"),
+    ("BraTS-MEN-00004-000-seg.nii.gz", "brats2024"),
+    ("BraTS-PED-00001-000-t1c.nii.gz", None),           # 2024 reuses 1-4 for other tissues
+    ("BraTS-MEN-RT-0001-1-t1c.nii.gz", None),
+    ("BraTS-GLI-00001-000_t1ce.nii.gz", None),          # mixed naming
+    ("patient7_t1ce.nii.gz", None),                     # own naming says nothing
+    ("BraTS-GLI-00001-000-t1c.mha", None),
+])
+def test_convention_for_case_from_the_name(name, convention):
+    assert convention_for_case(f"/data/{name}") == convention
+    assert convention is None or convention in CONVENTIONS
+
+
+def test_detect_convention_needs_one_answer():
+    assert detect_convention(["BraTS-GLI-00001-000-t1c.nii.gz",
+                              "BraTS-GLI-02060-100-seg.nii.gz"]) == "brats2024"
+    with pytest.raises(ConfigError, match="conflicting"):
+        detect_convention(["BraTS-GLI-00001-000-t1c.nii.gz", "BraTS20_Training_001_t1ce.nii.gz"])
+    with pytest.raises(ConfigError, match="patient7_t1ce.nii.gz"):
+        detect_convention(["BraTS-GLI-00001-000-t1c.nii.gz", "patient7_t1ce.nii.gz"])
+    with pytest.raises(ConfigError, match="no file names"):
+        detect_convention([])
+
+
+def test_labels_auto_from_a_brats_folder(testdata, tmp_path):
+    config = {"brats_dir": str(testdata / "mri" / "brats-gli-00001-000"), "labels": "auto"}
+    assert effective_labels(config) == "brats2024"
+    assert effective_labels({**config, "labels": "brats2023"}) == "brats2023"
+    mapping = {1: "NCR", 2: "ED", 4: "ET"}
+    assert effective_labels({**config, "labels": mapping}) == mapping
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("subject\tt1\tt1ce\tt2\tflair\n"
+                     "s1\ta_t1.nii.gz\tpatient_t1ce.nii.gz\tc.nii.gz\td.nii.gz\n")
+    with pytest.raises(ConfigError, match="cannot choose .*patient_t1ce"):
+        effective_labels({"samples": str(sheet), "labels": "auto"})

@@ -194,6 +194,29 @@ def test_missing_sequence_fails_with_the_series_seen(tmp_path):
     assert (tmp_path / "out2" / "t1.nii.gz").exists()
 
 
+def test_workflow_marker_files_are_no_input_problem(tmp_path):
+    """Snakemake's .snakemake_timestamp (in every directory() output, e.g. the
+    demo's DICOM folders) and btpipe's temporary files are skipped silently;
+    a stray file of the user's is still named, and neither changes the
+    folder's fingerprint."""
+    from btpipe.ingest.subject import scan_dicom_folder
+    from btpipe.workflow_support import dicom_fingerprint
+
+    root = tmp_path / "dicom"
+    write_series(root / "S2", *GOOD_PROTOCOL[1], study_uid=generate_uid(), n_slices=4)
+    before = dicom_fingerprint(root)
+    (root / ".snakemake_timestamp").write_text("")
+    (root / "S2" / ".tmp-abc.dcm").write_bytes(b"partial")
+    (root / ".snakemake").mkdir()
+    (root / ".snakemake" / "log.txt").write_text("x")
+    assert scan_dicom_folder("m", root)["notes"] == []
+    assert dicom_fingerprint(root) == before
+    (root / "notes.txt").write_text("scanner export notes")
+    notes = scan_dicom_folder("m", root)["notes"]
+    assert notes == ["1 file(s) that are not readable DICOM images were ignored: notes.txt"]
+    assert dicom_fingerprint(root) != before
+
+
 def test_geometry_defects_are_reported_not_silent(tmp_path):
     root = tmp_path / "dicom"
     study = generate_uid()

@@ -84,6 +84,22 @@ def test_out_of_fold_segmentation_matches_truth(tiny_run):
     assert wt.value.median() >= 0.5, wt.to_string()
 
 
+def test_lesionwise_scores_reach_the_cohort_table_and_report(tiny_run):
+    """scoring.metrics defaults to both sets: lesion-wise rows beside the legacy ones,
+    per-lesion lists in metrics.json, and the report's per-lesion table."""
+    results = tiny_run["results"]
+    metrics = pd.read_parquet(results / "cohort/seg_metrics.parquet")
+    by_metric = metrics.groupby("metric")["subject"].nunique()
+    n_subjects = metrics["subject"].nunique()
+    for name in ("dice", "hd95", "lw_dice", "lw_hd95", "lw_nsd", "lesions_tp", "lesions_fn"):
+        assert by_metric.get(name) == n_subjects, name
+    for subject in metrics["subject"].unique():
+        wt = json.loads((results / "subjects" / subject / "seg/metrics.json").read_text())["WT"]
+        assert len(wt["lesions"]) == wt["lesions_tp"] + wt["lesions_fn"] >= 1
+        assert sum(lesion["detected"] for lesion in wt["lesions"]) == wt["lesions_tp"]
+    assert "Lesions per subject" in (results / "report/report.html").read_text()
+
+
 def test_native_segmentation_on_t1ce_grid(tiny_run):
     results = tiny_run["results"]
     subject = sorted((results / "subjects").iterdir())[0]
@@ -177,19 +193,21 @@ def test_held_out_subjects_stay_out_of_every_survival_model(tiny_run, tmp_path):
     fold, encoder pre-training or final model sees it."""
     import warnings
 
-    from btpipe import steps
+    from btpipe.survival import step
 
     results = tiny_run["results"]
     config = yaml.safe_load((tiny_run["workdir"] / "config.yaml").read_text())
     survival = {**config["survival"], "holdout_fraction": 0.2,
                 "model_params": {"bag_mean_cox": {"epochs": 2, "pretrain_epochs": 1}}}
-    table = results / "survival/input.parquet"
+    table, new = results / "survival/input.parquet", results / "survival/new_subjects.parquet"
+    subjects = sorted(p.name for p in (results / "subjects").iterdir())
+    bags = [str(results / "subjects" / s / "slices.npz") for s in subjects]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tiny folds: NaN metrics warn
-        steps.survival_folds_step(table, survival, 0, tmp_path / "folds.json")
-        steps.survival_model_step("cox", table, tmp_path / "folds.json", survival, 0, tmp_path)
-        steps.survival_image_model_step("bag_mean_cox", table, tmp_path / "folds.json",
-                                        survival, 0, tmp_path, results)
+        step.folds_step(table, survival, 0, tmp_path / "folds.json")
+        step.model_step("cox", table, new, tmp_path / "folds.json", survival, 0, tmp_path)
+        step.model_step("bag_mean_cox", table, new, tmp_path / "folds.json", survival, 0, tmp_path,
+                        images=bags, subjects=subjects)
     holdout = set(json.loads((tmp_path / "folds.json").read_text())["holdout_ids"])
     assert len(holdout) == 1
     for model in ("cox", "bag_mean_cox"):
@@ -203,3 +221,23 @@ def test_held_out_subjects_stay_out_of_every_survival_model(tiny_run, tmp_path):
     assert card["n_holdout"] == 1
     for training in card["fold_training"] + [card["final_training"]]:
         assert not set(training["pretrain_subjects"]) & holdout
+
+
+def test_an_option_reruns_only_the_jobs_it_feeds(tiny_run, tmp_path):
+    """After a finished run: an inference option re-segments without retraining; a new survival
+    model runs alone (with the summary and the report); a report title rebuilds the report only."""
+    work = copy_run(tiny_run["workdir"], tmp_path / "run")
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    models = config["survival"]["models"]
+
+    write_config(work, {"segmentation": {"tta": "lr"}})
+    jobs = planned_jobs(work)
+    assert "seg_train" not in jobs and "preprocess_subject" not in jobs
+    assert jobs["segment_subject"] == 5
+
+    added = next(m for m in ("age_cox", "coxnet", "gbs") if m not in models)
+    write_config(work, {"survival": {"models": [*models, added]}})
+    assert planned_jobs(work) == {"survival_model": 1, "survival_summary": 1, "report": 1, "all": 1}
+
+    write_config(work, {"report": {"title": "another title"}})
+    assert planned_jobs(work) == {"report": 1, "all": 1}

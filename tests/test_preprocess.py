@@ -22,7 +22,8 @@ import pytest
 
 from btpipe import SEQUENCES
 from btpipe.errors import ConfigError, InputError
-from btpipe.preprocess import (atlas_grid, cohort_qc, dice, fetch_atlas, labels_to_atlas,
+from btpipe.masks import dice
+from btpipe.preprocess import (atlas_grid, cohort_qc, fetch_atlas, labels_to_atlas,
                                labels_to_native, preprocess_subject, target_grid)
 from btpipe.preprocess import register as reg
 from btpipe.preprocess.normalise import zscore_in_mask

@@ -18,7 +18,7 @@ CORES ?= 2
 # The unit tests: everything but Snakemake runs, the SLURM cluster and the browser.
 FAST_TESTS := not integration and not slurm and not browser and not slow
 
-.PHONY: setup atlas demo test test-setup test-fast dryrun clean-results
+.PHONY: setup atlas demo demo-plan test test-setup test-fast dryrun clean-results
 
 setup: $(STAMP)
 
@@ -33,8 +33,16 @@ atlas: $(ATLAS_FILE)
 $(ATLAS_FILE): | $(STAMP)
 	$(BIN)/btpipe atlas --dest resources/atlas/sri24 $(if $(ATLAS),--source $(ATLAS))
 
-demo: setup atlas
+demo: demo-plan setup atlas
 	$(BIN)/snakemake --cores $(CORES)
+
+# What make demo will take, said before it starts (figures: docs/benchmarks.md, "Main job").
+demo-plan:
+	@echo "make demo: set-up (venv, install, SRI24 atlas) about 2 min, once; then the 24-subject demo"
+	@echo "through the whole pipeline: about 21 min on 2 cores of an AMD EPYC (measured 2026-12-06)."
+	@echo "A slower CPU takes longer; each segmentation model stops at 12 min of training at most"
+	@echo "(segmentation.time_budget_min). Training logs step, loss and ETA as it goes."
+	@echo "The report: results/report/report.html"
 
 test: test-setup
 	$(BIN)/python -m pytest -q -ra

@@ -40,7 +40,7 @@ demo: demo-plan setup atlas
 demo-plan:
 	@echo "make demo: set-up (venv, install, SRI24 atlas) about 2 min, once; then the 24-subject demo"
 	@echo "through the whole pipeline: about 21 min on 2 cores of an AMD EPYC (measured 2026-12-06)."
-	@echo "A slower CPU takes longer; each segmentation model stops at 12 min of training at most"
+	@echo "A CPU 1.7-3x slower per step: about 50 min (simulated); each model trains 12 min at most"
 	@echo "(segmentation.time_budget_min). Training logs step, loss and ETA as it goes."
 	@echo "The report: results/report/report.html"
 

@@ -16,6 +16,8 @@ import setup_check
 from setup_check import REPO, testdata_dir
 
 
+# trylast: after -m / -k deselection, so make test-fast needs only what the unit tests need.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
     unmarked = [i.nodeid for i in items
                 if "tiny_run" in i.fixturenames and not i.get_closest_marker("integration")]

@@ -46,7 +46,20 @@ def test_dry_run_on_default_config_lists_every_rule(tmp_path):
     jobs = planned_jobs(tmp_path)
     assert EVERY_RULE <= set(jobs), f"missing from the plan: {EVERY_RULE - set(jobs)}"
     assert jobs["preprocess_subject"] == 24
-    assert jobs["seg_train"] == 3  # 2 folds + the final model
+    assert jobs["seg_train"] == 2  # 2 folds: the demo trains no final model
+
+
+def test_final_model_is_planned_only_when_asked_for(tmp_path):
+    """segmentation.final_model: true adds the model trained on every labelled subject
+    to the plan (a deliverable of rule all); with unlabelled: final it is required."""
+    write_config(tmp_path, {"segmentation": {"final_model": True}}, tiny=False)
+    assert planned_jobs(tmp_path)["seg_train"] == 3
+    write_config(tmp_path, {"segmentation": {"final_model": False, "unlabelled": "final"}},
+                 tiny=False)
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert "segmentation.unlabelled is final but segmentation.final_model is false" in (
+        proc.stdout + proc.stderr)
 
 
 def test_every_output_written(tiny_run):

@@ -255,6 +255,7 @@ def test_fold_models_train_monitor_and_segment_the_right_subjects():
     mapping = folds.assign_folds([f"s{i}" for i in range(9)], 3, seed=0)
     names = folds.fold_model_names(mapping)
     assert names == ["fold0", "fold1", "fold2", "final"]
+    assert folds.fold_model_names(mapping, final=False) == names[:-1]   # final_model: false
     for name in names[:-1]:
         train, monitor = folds.training_subjects(mapping, name), folds.monitoring_subjects(mapping, name)
         assert monitor and not set(train) & set(monitor)

@@ -55,3 +55,27 @@ def test_lr_mirroring_makes_the_output_symmetric_left_right_only(affine, lr_axis
         mirrored = np.flip(mean, axis=1 + axis)
         assert np.allclose(mean, mirrored, atol=1e-6) == symmetric
         assert (std.max() > 1e-3) == symmetric  # the two members disagree only on a L-R ramp
+
+
+class ShiftNet(torch.nn.Module):
+    """Logits = the first three channels + 2: high probability wherever it is run."""
+
+    def forward(self, x):
+        return x[:, :3] + 2.0
+
+
+def test_probabilities_are_computed_in_the_brain_box_and_zero_outside():
+    """Windows run only over the box of non-zero input voxels (the skull-stripped brain);
+    outside it the probabilities are 0, inside they are the network's."""
+    image = np.zeros((4, 20, 18, 16), np.float32)
+    image[:, 5:12, 4:15, 3:9] = 1.0
+    image[0, 6, 6, 6] = 0.0  # a zero voxel inside the box is still segmented
+    model = LoadedModel(module=ShiftNet(), roi_size=[8, 8, 8], network="shift", normalize=False)
+    mean, std, n = ensemble_probabilities([model], image, {"tta": "none", "sw_batch_size": 2},
+                                          torch.device("cpu"), LPS)
+    assert mean.shape == (3, 20, 18, 16) and n == 1
+    inside = np.zeros(mean.shape[1:], bool)
+    inside[5:12, 4:15, 3:9] = True
+    assert np.all(mean[:, ~inside] == 0) and np.all(std == 0)
+    expected = 1 / (1 + np.exp(-(image[:3] + 2.0)))
+    assert np.allclose(mean[:, inside], expected[:, inside], atol=1e-5)

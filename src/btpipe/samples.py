@@ -241,6 +241,9 @@ def segmentation_problems(config, frame: pd.DataFrame) -> list[str]:
     mode, model_path = seg.get("mode"), seg.get("model_path")
     if mode == "pretrained" and not model_path:
         return ["segmentation.mode is pretrained but segmentation.model_path is not set"]
+    if mode == "train" and seg.get("unlabelled") == "final" and seg.get("final_model") is False:
+        return ["segmentation.unlabelled is final but segmentation.final_model is false: "
+                "set final_model true, or unlabelled ensemble"]
     has_labels = frame["seg"].notna() if "seg" in frame.columns else pd.Series(False, frame.index)
     if mode == "train" and not has_labels.any() and not demo_sheet_pending(config):
         return [f"segmentation.mode is train but none of the {len(frame)} subjects has expert labels "

@@ -1,6 +1,7 @@
 # Segmentation: k-fold training (each labelled subject segmented by the model
-# that did not see it, unlabelled subjects by the fold ensemble) plus a final
-# model; or a pretrained model for everyone; or the subjects' expert labels.
+# that did not see it, unlabelled subjects by the fold ensemble) plus, with
+# final_model, a final model on every labelled subject; or a pretrained model
+# for everyone; or the subjects' expert labels.
 
 from btpipe.segment import folds as seg_folds
 from btpipe.segment.folds import assign_folds
@@ -163,7 +164,7 @@ def seg_cohort_inputs(wildcards):
 
 
 def trained_models():
-    return seg_folds.fold_model_names(seg_fold_of()) if TRAIN_MODE else []
+    return seg_folds.fold_model_names(seg_fold_of(), SEG["final_model"]) if TRAIN_MODE else []
 
 
 rule seg_cohort:

@@ -254,11 +254,12 @@ def _segmentation_paragraph(config, results_dir, cite) -> str | None:
         text = (f"Tumours were segmented in atlas space by {net}, trained from the "
                 f"expert labels with {seg.get('folds', '?')}-fold cross-validation: each "
                 "labelled subject was segmented by the fold model that had not seen it, "
-                + ("subjects without labels by the mean probability of the fold models, "
+                + ("subjects without labels by the mean probability of the fold models"
                    if seg.get("unlabelled", "ensemble") == "ensemble" else
-                   "subjects without labels by the final model, ")
-                + "and a final model was trained on all labelled subjects for new data. "
-                "Training used patches of "
+                   "subjects without labels by the final model")
+                + (", and a final model was trained on all labelled subjects for new data. "
+                   if seg.get("final_model", True) else ". ")
+                + "Training used patches of "
                 f"{'x'.join(str(v) for v in seg.get('roi_size', []))} voxels, batch size "
                 f"{seg.get('batch_size', '?')}, {_steps_text(seg, results_dir)} and learning "
                 f"rate {seg.get('learning_rate', '?')}, validating every "

@@ -102,7 +102,8 @@ def segmentation_section(inp: Inputs) -> dict:
     log_frame = inp.csv(L.seg_models("training_log.csv"))
     if log_frame is not None and {"step"} <= set(log_frame.columns) and len(log_frame):
         blocks.append(figure("Training curves", F.training_curves(log_frame),
-                              "training loss and validation Dice per fold model and the final model"))
+                              "training loss and validation Dice per fold model (and the final model, "
+                              "when one was trained: it has no held-out subjects)"))
     else:
         blocks.append(missing("Training curves (models/segmentation/training_log.csv)"))
     return {"id": "segmentation", "title": "Segmentation", "blocks": blocks}

@@ -80,9 +80,9 @@ def write_folds(path, mapping: dict[str, int], k: int, seed: int | None = None) 
 FINAL = "final"
 
 
-def fold_model_names(mapping: dict[str, int]) -> list[str]:
-    """The k-fold models that hold out at least one subject, then the final model."""
-    return [f"fold{k}" for k in sorted(set(mapping.values()))] + [FINAL]
+def fold_model_names(mapping: dict[str, int], final: bool = True) -> list[str]:
+    """The k-fold models that hold out at least one subject, then (``final``) the final model."""
+    return [f"fold{k}" for k in sorted(set(mapping.values()))] + ([FINAL] if final else [])
 
 
 def _fold_index(name: str) -> int:
@@ -113,7 +113,7 @@ def segmenting_models(subject: str, mapping: dict[str, int], unlabelled: str = "
     if subject in mapping:
         return [f"fold{mapping[subject]}"]
     if unlabelled == "ensemble":
-        return fold_model_names(mapping)[:-1] or [FINAL]
+        return fold_model_names(mapping, final=False) or [FINAL]
     if unlabelled == FINAL:
         return [FINAL]
     raise ConfigError(f"segmentation.unlabelled must be ensemble or final, got {unlabelled!r}")

@@ -104,3 +104,17 @@ def test_configuration_page_is_generated_from_the_schema():
     assert page == generate(REPO), "regenerate: python -m btpipe.config_docs > docs/configuration.md"
     for key in ("segmentation.time_budget_min", "survival.subset", "scoring.metrics"):
         assert f"`{key}`" in page
+
+
+@pytest.mark.parametrize("recipe", ["brats2020_os.yaml", "brats_glioma.yaml"])
+def test_recipes_override_the_demo_training_limits(recipe):
+    """A recipe is merged over the shipped config.yaml (the demo) by snakemake --configfile:
+    the demo's short training (time budget, no final model) must not reach a BraTS run."""
+    from btpipe.cli import merged_configfiles
+    from btpipe.config import load_config
+
+    config = load_config(REPO / "config.yaml",
+                         overrides=merged_configfiles([REPO / "recipes" / recipe]))
+    seg = config["segmentation"]
+    assert seg["time_budget_min"] is None and seg["final_model"] is True
+    assert seg["max_steps"] == 20000 and seg["learning_rate"] == 0.0002

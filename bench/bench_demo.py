@@ -56,7 +56,7 @@ def slowdown_arg(text: str):
 
 def describe_slowdown(slowdown) -> str:
     if isinstance(slowdown, dict):
-        return ("on a simulated slower CPU (per job as the reporter's 2-core AMD EPYC: "
+        return ("on a simulated slower CPU (per job as a user's 2-core AMD EPYC was slower: "
                 + ", ".join(f"{k} {v:g}x" for k, v in slowdown.items()) + ")")
     return f"on a simulated CPU {slowdown:g} times slower" if slowdown > 1 else ""
 

@@ -31,7 +31,7 @@ rule all:
         report_figures(),
         survival_outputs() if SURVIVAL_ENABLED else [],
         # The final segmentation model is a deliverable (it segments new subjects).
-        [L.seg_model("final")] if TRAIN_MODE and config["segmentation"]["final_model"] else [],
+        [L.seg_model("final")] if TRAIN_MODE and SEG["final_model"] else [],
 
 
 onstart:

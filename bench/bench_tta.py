@@ -42,10 +42,25 @@ from btpipe.segment.networks import load_model  # noqa: E402
 MODES = ("none", "lr", "all")
 
 
-def subject_dice(model, preproc: Path, options: dict, labels: str) -> tuple[dict, float]:
-    """{mode_region: Dice} of one subject and the seconds per member."""
+def load_subject(preproc: Path, labels: str):
+    """(normalised images [C, X, Y, Z], reference NIfTI, true regions [3, X, Y, Z]) of one subject."""
     images = [preproc / "norm" / f"{s}.nii.gz" for s in SEQUENCES]
     image, ref_img = sdata.load_images(images, preproc.parent.name)
+    truth = lab.labels_to_regions(np.asarray(nib.load(preproc / "reference/seg.nii.gz").dataobj),
+                                  labels)
+    return image, ref_img, truth
+
+
+def region_dice(mean, truth, options: dict, labels: str, voxel_mm3: float) -> dict:
+    """{region: Dice} of mean probabilities after the pipeline's post-processing."""
+    label_map, _, _ = probabilities_to_labels(mean, options, labels, voxel_mm3)
+    found = lab.labels_to_regions(label_map, labels)
+    return {region: dice(found[i], truth[i]) for i, region in enumerate(lab.REGIONS)}
+
+
+def subject_dice(model, preproc: Path, options: dict, labels: str) -> tuple[dict, float]:
+    """{mode_region: Dice} of one subject and the seconds per member."""
+    image, ref_img, truth = load_subject(preproc, labels)
     x = sdata.normalize_channels(image) if model.normalize else image
     module = model.module.eval().to(memory_format=torch.channels_last_3d)
     flips = tta_flips("all", ref_img.affine)
@@ -56,22 +71,24 @@ def subject_dice(model, preproc: Path, options: dict, labels: str) -> tuple[dict
              for axes in flips}
     per_member = (time.perf_counter() - start) / len(flips)
     voxel_mm3 = float(np.prod(ref_img.header.get_zooms()[:3]))
-    truth = lab.labels_to_regions(np.asarray(nib.load(preproc / "reference/seg.nii.gz").dataobj),
-                                  labels)
     scores = {}
     for mode in MODES:
         mean = np.mean([probs[axes] for axes in tta_flips(mode, ref_img.affine)], axis=0)
-        label_map, _, _ = probabilities_to_labels(mean, options, labels, voxel_mm3)
-        found = lab.labels_to_regions(label_map, labels)
-        for i, region in enumerate(lab.REGIONS):
-            scores[f"{mode}_{region}"] = dice(found[i], truth[i])
+        dices = region_dice(mean, truth, options, labels, voxel_mm3)
+        scores.update({f"{mode}_{region}": value for region, value in dices.items()})
     return scores, per_member
 
 
-def evaluate(results: Path, options: dict, labels: str) -> pd.DataFrame:
+def out_of_fold_models(results: Path) -> tuple[dict, dict]:
+    """({subject: fold}, {fold: model}) of a finished run's fold models."""
     models_dir = results / "models" / "segmentation"
     folds = json.loads((models_dir / "folds.json").read_text())["folds"]
     models = {k: load_model(models_dir / f"fold{k}" / "model.pt", {}) for k in set(folds.values())}
+    return folds, models
+
+
+def evaluate(results: Path, options: dict, labels: str) -> pd.DataFrame:
+    folds, models = out_of_fold_models(results)
     rows = []
     for subject, fold in sorted(folds.items()):
         scores, per_member = subject_dice(models[fold], results / "subjects" / subject / "preproc",

@@ -92,7 +92,7 @@ def content_box(image) -> tuple[slice, ...]:
     """Smallest box holding every non-zero voxel of any channel [C, X, Y, Z] (the whole
     image when all are zero). Skull-stripped inputs are zero outside the brain, and the
     models were validated on such crops: windows outside it are wasted work (on the demo's
-    2 mm grid the brain box cut inference 2.5x for equal Dice)."""
+    2 mm grid the brain box cut inference 2.4x for equal Dice)."""
     return crop_box(np.asarray(image), np.zeros(np.shape(image)[1:], dtype=bool))
 
 
@@ -121,8 +121,9 @@ def ensemble_probabilities(models, image, params, device, affine=np.eye(4)):
             n += 1
     mean = np.zeros((total.shape[0], *full_shape), dtype=np.float32)
     std = np.zeros_like(mean)
-    mean[box] = total / n
-    std[box] = np.sqrt(np.clip(total_sq / n - (total / n) ** 2, 0.0, None))
+    mean_in_box = total / n  # float64: the variance below needs it unrounded
+    mean[box] = mean_in_box
+    std[box] = np.sqrt(np.clip(total_sq / n - mean_in_box ** 2, 0.0, None))
     return mean, std, n
 
 

@@ -171,7 +171,10 @@ def make_subject(out_dir, subject: str, index: int, seed: int = 0,
                                 "description": protocol.description,
                                 "shape": list(grid.shape), "pixel_mm": list(grid.pixel),
                                 "slice_spacing_mm": grid.slice_spacing,
-                                "slice_thickness_mm": grid.slice_thickness})
+                                "slice_thickness_mm": grid.slice_thickness,
+                                # scanner LPS mm, this series against the head pose:
+                                # registration accuracy can be scored against it
+                                "motion_lps": np.round(motion, 6).tolist()})
             if is_t1ce:
                 truth_grid, labels, brain = grid, shot.labels, shot.brain
         seg_img = _save_on_grid(files["seg"], labels, truth_grid)

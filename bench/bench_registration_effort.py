@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from record import replace_section  # noqa: E402
 
 from btpipe import SEQUENCES  # noqa: E402
+from btpipe.demo.generate import planted_sequence_transforms  # noqa: E402
 from btpipe.preprocess import register as reg  # noqa: E402
 from btpipe.preprocess.pipeline import (  # noqa: E402
     OTHER_SEQUENCES, REGISTRATION_EFFORTS, Registrar, load_sequences, register_sequence_pairs)
@@ -50,17 +51,9 @@ EFFORTS = {
 }
 
 
-def true_pair_transforms(truth: dict) -> dict:
-    """T1ce -> other sequence, fixed (T1ce) points to moving points, scanner LPS."""
-    motion = {s["sequence"]: np.array(s["motion_lps"]) for s in truth["series"]}
-    return {s: motion[s] @ np.linalg.inv(motion["t1ce"]) for s in OTHER_SEQUENCES}
-
-
 def pair_error(found, true, points) -> tuple[float, float]:
     """(mean distance in mm over ``points``, rotation angle in degrees) between two transforms."""
-    moved = lambda m: m[:3, :3] @ points.T + m[:3, 3:4]  # noqa: E731
-    distance = np.linalg.norm(moved(found) - moved(true), axis=0).mean()
-    return float(distance), reg.rigid_residual(np.linalg.inv(found) @ true)[0]
+    return reg.mean_distance(found, true, points), reg.rigid_residual(np.linalg.inv(found) @ true)[0]
 
 
 def brain_points(t1ce, mask, every=50) -> np.ndarray:
@@ -71,7 +64,7 @@ def brain_points(t1ce, mask, every=50) -> np.ndarray:
 
 def subject_rows(workdir: Path, subject: str) -> list[dict]:
     truth = json.loads((workdir / "demo/truth" / subject / "truth.json").read_text())
-    true = true_pair_transforms(truth)
+    true = planted_sequence_transforms(truth)
     images = load_sequences(subject, workdir / "results/subjects" / subject / "nifti")
     lps = {s: reg.to_lps(images[s]) for s in SEQUENCES}
     native = {s: reg.nib_to_ants(lps[s]) for s in SEQUENCES}

@@ -120,3 +120,8 @@ def test_recipes_override_the_demo_training_limits(recipe):
     assert seg["time_budget_min"] is None and seg["final_model"] is True
     given = yaml.safe_load(recipe_path.read_text())["segmentation"]
     assert {key: seg[key] for key in given} == given   # every training setting is the recipe's
+    # and the recipe sets every key the demo moved away from the schema's default
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())["segmentation"]
+    defaults = load_schema("config")["properties"]["segmentation"]["properties"]
+    demo_only = {k for k, v in demo.items() if defaults[k].get("default") != v}
+    assert demo_only <= set(given), sorted(demo_only - set(given))

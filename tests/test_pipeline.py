@@ -84,6 +84,26 @@ def test_brain_masks_match_demo_truth(tiny_run):
     assert dice.min() >= 0.90, dice.tolist()
 
 
+def test_sequences_registered_onto_the_planted_motion(tiny_run):
+    """The demo moves each series by a small rigid motion of its own (truth.json);
+    the same-session transforms must undo it, to well under the 3 mm registration
+    grid, at the true brain's voxels."""
+    from btpipe.demo.generate import planted_sequence_transforms
+    from btpipe.preprocess.register import matrix_of, mean_distance
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    for truth_dir in sorted((tiny_run["workdir"] / "demo/truth").iterdir()):
+        truth = json.loads((truth_dir / "truth.json").read_text())
+        brain = nib.load(truth_dir / "brain_mask.nii.gz")
+        ijk = np.argwhere(np.asarray(brain.dataobj) > 0)[::20]
+        points = (lps @ brain.affine @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
+        transforms = tiny_run["results"] / "subjects" / truth_dir.name / "preproc/transforms"
+        for seq, true in planted_sequence_transforms(truth).items():
+            found = matrix_of(transforms / f"{seq}_to_t1ce.mat")
+            error, planted = (mean_distance(m, true, points) for m in (found, np.eye(4)))
+            assert error < min(1.0, planted / 2), (truth_dir.name, seq, error, planted)
+
+
 def test_out_of_fold_segmentation_matches_truth(tiny_run):
     """Each subject is segmented by the fold model that never saw it; a model
     trained for 120 steps on 2-3 subjects at 3 mm must still find the whole

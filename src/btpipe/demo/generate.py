@@ -199,6 +199,13 @@ def _save_on_grid(path, volume, grid):
     return nib.Nifti1Image(data, canon.affine)
 
 
+def planted_sequence_transforms(truth: dict) -> dict:
+    """The true T1ce -> T1 / T2 / FLAIR transforms of a demo subject (``truth.json``):
+    4x4, T1ce points to the other series' points in scanner LPS mm (ITK's sense)."""
+    motion = {s["sequence"]: np.array(s["motion_lps"]) for s in truth["series"]}
+    return {s: motion[s] @ np.linalg.inv(motion["t1ce"]) for s in motion if s != "t1ce"}
+
+
 def _truth(subject, index, seed, voxel_scale, vendor, pose, tumour, clinical, labels, grid,
            series_info, head, seg_img) -> dict:
     voxel_mm3 = grid.pixel[0] * grid.pixel[1] * grid.slice_spacing

@@ -285,6 +285,12 @@ def rigid_residual(matrix, point=None):
     return angle, float(np.linalg.norm(moved - p))
 
 
+def mean_distance(a, b, points) -> float:
+    """Mean distance (mm) between where two 4x4 transforms send ``points`` (N x 3)."""
+    moved = [m[:3, :3] @ np.asarray(points).T + m[:3, 3:4] for m in (a, b)]
+    return float(np.linalg.norm(moved[0] - moved[1], axis=0).mean())
+
+
 def rigidify(src, dest, centre_lps) -> None:
     """Replace an affine .mat by its rigid part, keeping where ``centre_lps`` goes.
 

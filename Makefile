@@ -39,8 +39,8 @@ demo: demo-plan setup atlas
 # What make demo will take, said before it starts (figures: docs/benchmarks.md, "Main job").
 demo-plan:
 	@echo "make demo: set-up (venv, install, SRI24 atlas) about 1.5 min, once; then the 24-subject demo"
-	@echo "through the whole pipeline: about 12.5 min on 2 cores of an AMD EPYC (measured 2026-12-07)."
-	@echo "A CPU 3x slower per training step: about 27 min (simulated); each model trains 6 min at most"
+	@echo "through the whole pipeline: about 11.5 min on 2 cores of an AMD EPYC (measured 2026-12-07)."
+	@echo "A CPU 3x slower per training step: about 23.5 min (simulated); each model trains 5 min at most"
 	@echo "(segmentation.time_budget_min). Training logs step, loss and ETA as it goes."
 	@echo "The report: results/report/report.html"
 

@@ -56,12 +56,6 @@ def pair_error(found, true, points) -> tuple[float, float]:
     return reg.mean_distance(found, true, points), reg.rigid_residual(np.linalg.inv(found) @ true)[0]
 
 
-def brain_points(t1ce, mask, every=50) -> np.ndarray:
-    """World (LPS) positions of every ``every``-th brain voxel of the T1ce."""
-    ijk = np.argwhere(mask)[::every]
-    return np.asarray(t1ce.origin) + (ijk * np.asarray(t1ce.spacing)) @ np.asarray(t1ce.direction).T
-
-
 def subject_rows(workdir: Path, subject: str) -> list[dict]:
     truth = json.loads((workdir / "demo/truth" / subject / "truth.json").read_text())
     true = planted_sequence_transforms(truth)
@@ -70,7 +64,7 @@ def subject_rows(workdir: Path, subject: str) -> list[dict]:
     native = {s: reg.nib_to_ants(lps[s]) for s in SEQUENCES}
     mask = np.asarray(deepbet_mask(lps["t1ce"]).dataobj) > 0
     mask_native = native["t1ce"].new_image_like(mask.astype(np.float32))
-    points = brain_points(native["t1ce"], mask)
+    points = reg.voxel_points_lps(lps["t1ce"].affine, mask, every=50)
     rows = []
     for name, effort in EFFORTS.items():
         start = time.perf_counter()
@@ -86,7 +80,7 @@ def subject_rows(workdir: Path, subject: str) -> list[dict]:
                 mm, deg = pair_error(found, true[s], points)
                 rows.append({"subject": subject, "effort": name, "pair": f"{s}_to_t1ce",
                              "error_mm": mm, "error_deg": deg,
-                             "planted_mm": pair_error(np.eye(4), true[s], points)[0],
+                             "planted_mm": reg.mean_distance(np.eye(4), true[s], points),
                              "n4_s": n4_s, "pairs_s": pairs_s})
     return rows
 

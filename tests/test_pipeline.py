@@ -89,14 +89,12 @@ def test_sequences_registered_onto_the_planted_motion(tiny_run):
     the same-session transforms must undo it, to well under the 3 mm registration
     grid, at the true brain's voxels."""
     from btpipe.demo.generate import planted_sequence_transforms
-    from btpipe.preprocess.register import matrix_of, mean_distance
+    from btpipe.preprocess.register import matrix_of, mean_distance, voxel_points_lps
 
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
     for truth_dir in sorted((tiny_run["workdir"] / "demo/truth").iterdir()):
         truth = json.loads((truth_dir / "truth.json").read_text())
         brain = nib.load(truth_dir / "brain_mask.nii.gz")
-        ijk = np.argwhere(np.asarray(brain.dataobj) > 0)[::20]
-        points = (lps @ brain.affine @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
+        points = voxel_points_lps(brain.affine, brain.dataobj, every=20)
         transforms = tiny_run["results"] / "subjects" / truth_dir.name / "preproc/transforms"
         for seq, true in planted_sequence_transforms(truth).items():
             found = matrix_of(transforms / f"{seq}_to_t1ce.mat")

@@ -354,7 +354,7 @@ def _native_subject(subject, images, out_dir, atlas_path, spacing_mm, atlas_tran
     tdir.mkdir(parents=True, exist_ok=True)
     work = reg.tmpdir_for(out_dir)
     registrar = Registrar(qc["backend"], effort, seed, reg.thread_count(qc["deterministic"]),
-                           work)
+                          work)
     try:
         with timer.step("reorient"):
             lps = {s: reg.to_lps(images[s]) for s in SEQUENCES}

@@ -285,6 +285,13 @@ def rigid_residual(matrix, point=None):
     return angle, float(np.linalg.norm(moved - p))
 
 
+def voxel_points_lps(affine_ras, mask, every=1) -> np.ndarray:
+    """World positions (LPS mm, N x 3) of every ``every``-th non-zero voxel of ``mask``
+    on a grid with the NIfTI (RAS) ``affine_ras``."""
+    ijk = np.argwhere(np.asarray(mask) > 0)[::every]
+    return (_RAS_TO_LPS @ np.asarray(affine_ras, float) @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
+
+
 def mean_distance(a, b, points) -> float:
     """Mean distance (mm) between where two 4x4 transforms send ``points`` (N x 3)."""
     moved = [m[:3, :3] @ np.asarray(points).T + m[:3, 3:4] for m in (a, b)]
